@@ -1,0 +1,1 @@
+"""What the search is compared against: a registry of baseline networks (``create_baseline``)."""

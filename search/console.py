@@ -1,0 +1,43 @@
+"""Console output shared by the commands: one rich console, tables and progress bars."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+@lru_cache(maxsize=1)
+def console() -> Console:
+    return Console(highlight=False)
+
+
+@lru_cache(maxsize=1)
+def err_console() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A table with right-aligned numbers and left-aligned text."""
+    table = Table(title=title, title_justify="left")
+    first = rows[0] if rows else []
+    for i, col in enumerate(columns):
+        numeric = i < len(first) and _looks_numeric(first[i])
+        table.add_column(col, justify="right" if numeric else "left")
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    console().print(table)
+
+
+def _looks_numeric(v: Any) -> bool:
+    if isinstance(v, (int, float)):
+        return True
+    s = str(v).replace(",", "").replace("%", "").split(" ")[0]
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
