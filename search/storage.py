@@ -1,0 +1,148 @@
+"""Study storages, artifact stores and the lock that keeps many workers' trial counts exact.
+
+Storage URLs:
+* ``sqlite:///path/study.db`` (the default, inside the run's output folder);
+* ``postgresql://user@host:5432/db`` or ``mysql+pymysql://...`` for many workers on many machines;
+* ``journal:path/study.log`` (or any path ending in ``.log``/``.jsonl``): Optuna's journal file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage, RDBStorage, RetryFailedTrialCallback
+
+from search.errors import UsageError
+
+JOURNAL_PREFIX = "journal:"
+
+
+def is_journal(url: str) -> bool:
+    return url.startswith(JOURNAL_PREFIX) or url.endswith((".log", ".jsonl"))
+
+
+def journal_path(url: str) -> Path:
+    return Path(url[len(JOURNAL_PREFIX) :] if url.startswith(JOURNAL_PREFIX) else url)
+
+
+def sqlite_path(url: str) -> Path | None:
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///") :])
+    return None
+
+
+def open_storage(url: str, heartbeat: int | None = None, max_retry: int = 2) -> BaseStorage:
+    """An Optuna storage for ``url``; relational storages get heartbeats and failed-trial retries.
+
+    Args:
+        url: see the module docstring.
+        heartbeat: seconds between a running trial's heartbeats; a trial silent for twice that
+            is marked failed (a killed worker) and re-queued up to ``max_retry`` times.
+        max_retry: how often a failed trial's parameters are retried.
+    """
+    if is_journal(url):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        path = journal_path(url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if "://" not in url:
+        raise UsageError(
+            f"--storage must be a URL (sqlite:///file.db, postgresql://..., journal:file.log), got {url!r}"
+        )
+    db = sqlite_path(url)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    kwargs: dict[str, Any] = {}
+    if heartbeat:
+        kwargs = {
+            "heartbeat_interval": heartbeat,
+            "grace_period": 2 * heartbeat,
+            "heartbeat_stale_trial_callback": RetryFailedTrialCallback(max_retry=max_retry),
+        }
+    engine_kwargs = {"connect_args": {"timeout": 60}} if db is not None else {"pool_pre_ping": True}
+    try:
+        return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    except ImportError as e:
+        raise UsageError(f"the driver for {url.split(':', 1)[0]} is not installed: {e}") from None
+    except Exception as e:
+        if type(e).__module__.startswith("sqlalchemy"):
+            raise UsageError(f"cannot open storage {redact(url)}: {str(e).splitlines()[0]}") from None
+        raise
+
+
+def redact(url: str) -> str:
+    """``url`` without a password."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        cred, host = rest.rsplit("@", 1)
+        user = cred.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}" if ":" in cred else url
+    return url
+
+
+def artifact_store(location: str) -> Any:
+    """An Optuna artifact store: a folder (local or shared filesystem) or ``s3://bucket/prefix``."""
+    if location.startswith("s3://"):
+        try:
+            from optuna.artifacts import Boto3ArtifactStore
+        except ImportError as e:  # pragma: no cover - depends on boto3
+            raise UsageError(f"an s3:// artifact store needs boto3: {e}") from None
+        bucket = location[len("s3://") :].split("/", 1)[0]
+        return Boto3ArtifactStore(bucket)
+    path = Path(location)
+    path.mkdir(parents=True, exist_ok=True)
+    return optuna.artifacts.FileSystemArtifactStore(str(path))
+
+
+# ---------------------------------------------------------------------------------- locking
+_thread_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def study_lock(storage: BaseStorage, url: str, study_name: str) -> Iterator[None]:
+    """Serialise "count the trials, then ask for one" across workers of one study.
+
+    PostgreSQL and MySQL use a database advisory lock (workers on many machines); SQLite and
+    journal files use an ``fcntl`` lock on a file beside the database (workers on one machine or
+    one shared filesystem).
+    """
+    key = int(hashlib.sha1(f"covidnet-nas:{study_name}".encode()).hexdigest()[:15], 16)
+    with _thread_lock:
+        if isinstance(storage, RDBStorage) and url.startswith(("postgresql", "mysql")):
+            from sqlalchemy import text
+
+            with storage.engine.connect() as conn:
+                if url.startswith("postgresql"):
+                    conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                    try:
+                        yield
+                    finally:
+                        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                else:
+                    conn.execute(text("SELECT GET_LOCK(:k, 600)"), {"k": str(key)})
+                    try:
+                        yield
+                    finally:
+                        conn.execute(text("SELECT RELEASE_LOCK(:k)"), {"k": str(key)})
+            return
+        anchor = sqlite_path(url) or (journal_path(url) if is_journal(url) else None)
+        if anchor is None:  # an in-memory or unknown storage: one process, the thread lock is enough
+            yield
+            return
+        lock_file = anchor.with_name(f".{anchor.name}.{key:x}.lock")
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
