@@ -18,7 +18,10 @@ from typing import NoReturn
 
 from search.errors import RunFailed, UsageError
 
-COMMAND_MODULES = ("search.commands.space",)
+COMMAND_MODULES = (
+    "search.commands.space",
+    "search.commands.run",
+)
 
 
 class _Parser(argparse.ArgumentParser):

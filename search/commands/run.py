@@ -1,0 +1,316 @@
+"""``search run``: the microarchitecture search, and ``search status``: where a study stands."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+import typing
+from dataclasses import fields
+from typing import Any
+
+from search.config import OBJECTIVES, SAMPLERS, RunConfig, resolve, write_yaml
+from search.console import console, err_console, print_table
+from search.errors import UsageError
+
+HELP = {
+    "data": "COVIDx-format data folder; repeat for a union of cohorts (default: the bundled data)",
+    "out": "output folder: study.db, artifacts/, config.yaml (default runs/search)",
+    "storage": "Optuna storage URL: sqlite:///f.db (default: OUT/study.db), postgresql://..., journal:f.log",
+    "study": "study name; the same storage and study resume",
+    "artifacts": "artifact store for weights: a folder or s3://bucket (default OUT/artifacts)",
+    "trials": "total trials of the study, over all workers",
+    "objective": "pareto (accuracy, params, MACs) or netscore",
+    "sampler": "override the sampler: nsga2, tpe, random or gp (default tpe)",
+    "seed": "seed of the sampler and of training",
+    "max_params": "hard budget on params (e.g. 450K, 1.2M)",
+    "max_macs": "hard budget on MACs at --complexity-size (e.g. 0.97G)",
+    "complexity_size": "input size at which params/MACs/NetScore are measured (default 512, the paper's)",
+    "population": "NSGA-II population size",
+    "startup_trials": "random trials before TPE/GP/median pruning kick in",
+    "prune_warmup": "epochs before a trial may be pruned",
+    "prune_margin": "Pareto pruning: accuracy points a dominating finished trial must lead by",
+    "epochs": "training epochs per candidate",
+    "image_size": "training image size (a multiple of 32)",
+    "batch_size": "batch size",
+    "lr": "SGD learning rate",
+    "momentum": "SGD momentum",
+    "weight_decay": "L2 weight decay",
+    "patience": "early stopping: epochs without a better val accuracy",
+    "cosine": "cosine learning-rate decay",
+    "augment": "the paper's augmentations",
+    "exterior_exclusion": "replace the background outside the body box by its mean",
+    "device": "auto, cpu, cuda or cuda:N",
+    "skip_bad": "skip (and list) bad label lines instead of stopping",
+    "heartbeat": "seconds between heartbeats of a running trial (a silent one is failed and retried)",
+    "max_retry": "retries of a trial whose worker died",
+}
+
+
+def parse_count(text: str) -> int:
+    """``450000``, ``450K``, ``1.2M``, ``0.97G`` -> an integer count."""
+    t = text.strip().upper().replace(",", "").replace("_", "")
+    scale = {"K": 1e3, "M": 1e6, "G": 1e9}.get(t[-1:], 1.0)
+    number = t[:-1] if t[-1:] in "KMG" else t
+    try:
+        value = float(number) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a count such as 450000, 450K, 1.2M or 0.97G, got {text!r}"
+        ) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return round(value)
+
+
+def add_run_flags(p: argparse.ArgumentParser, only: set[str] | None = None) -> None:
+    """One flag per ``RunConfig`` field (``--max-params`` for ``max_params``), defaults suppressed
+    so that only flags given on the command line override the config file."""
+    hints = typing.get_type_hints(RunConfig)
+    for f in fields(RunConfig):
+        if only is not None and f.name not in only:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": HELP.get(f.name, "")}
+        args = typing.get_args(kind)
+        base = next((a for a in args if a is not type(None)), kind) if args else kind
+        if f.name == "data":
+            p.add_argument(flag, action="append", metavar="DIR", **kw)
+        elif base is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif f.name in ("max_params", "max_macs"):
+            p.add_argument(flag, type=parse_count, metavar="N", **kw)
+        elif f.name == "objective":
+            p.add_argument(flag, choices=OBJECTIVES, **kw)
+        elif f.name == "sampler":
+            p.add_argument(flag, choices=SAMPLERS, **kw)
+        elif base in (int, float):
+            p.add_argument(flag, type=base, metavar="N" if base is int else "X", **kw)
+        else:
+            p.add_argument(flag, metavar=f.name.split("_")[-1].upper(), **kw)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="search the microarchitecture (resumable, distributed)")
+    p.add_argument("--config", metavar="FILE.yaml", help="settings file; flags override it")
+    add_run_flags(p)
+    p.set_defaults(func=run_search)
+
+    s = sub.add_parser("status", help="a study's trial counts and current Pareto set")
+    add_run_flags(s, {"out", "storage", "study"})
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=run_status)
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    names = {f.name for f in fields(RunConfig)}
+    overrides = {k: v for k, v in vars(args).items() if k in names}
+    if "data" in overrides:
+        overrides["data"] = tuple(overrides["data"])
+    return resolve(getattr(args, "config", None), overrides)
+
+
+class _Display:
+    """A progress bar over trials (ETA, best NetScore, Pareto size), a line per finished trial."""
+
+    def __init__(self, total: int, epochs: int, quiet: bool) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.quiet = quiet
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console(),
+            disable=quiet,
+            transient=False,
+        )
+        self.trials = self.progress.add_task("trials", total=total)
+        self.epochs = self.progress.add_task("  epochs", total=epochs, visible=False)
+
+    def epoch(self, epoch: int, epochs: int, val_accuracy: float) -> None:
+        self.progress.update(
+            self.epochs,
+            completed=epoch,
+            total=epochs,
+            visible=True,
+            description=f"  epochs (val {val_accuracy:.1f} %)",
+        )
+
+    def trial_done(self, line: str, finished: int, best: float | None, pareto: int) -> None:
+        self.progress.console.print(line)
+        best_text = f"{best:.1f}" if best is not None else "-"
+        self.progress.update(
+            self.trials,
+            completed=finished,
+            description=f"trials (best NetScore {best_text}, Pareto {pareto})",
+        )
+        self.progress.update(self.epochs, completed=0, visible=False, description="  epochs")
+
+
+def trial_line(report: Any) -> str:
+    a = report.attrs
+    head = f"#{report.number:<3} {a.get('arch_id', '?'):<10} {report.status or report.state.lower():<10}"
+    size = f"params {a.get('params', 0) / 1e6:5.3f} M  MACs {a.get('macs', 0) / 1e9:6.3f} G"
+    if report.status == "complete":
+        score = f"val {a['val_accuracy']:5.1f} %  {size}  NetScore {a['netscore']:5.1f}"
+        return f"{head} {score}  ({report.seconds:.0f} s)"
+    if report.status == "pruned":
+        return f"{head} {size}  {a.get('prune_reason', '')}  ({report.seconds:.0f} s)"
+    if report.status == "infeasible":
+        return f"{head} {size}  over budget, not trained"
+    return f"{head} {a.get('fail_reason', '')}"
+
+
+def _resume_command() -> str:
+    return (
+        "search " + shlex.join(sys.argv[1:])
+        if sys.argv and sys.argv[0].endswith("search")
+        else "the same command"
+    )
+
+
+def run_search(args: argparse.Namespace) -> int:
+    import optuna
+
+    from search.artifacts import upload_weights
+    from search.objective import TrainingEvaluator
+    from search.storage import artifact_store, redact
+    from search.study import SearchDriver, best_netscore, pareto_trials
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    config = config_from_args(args)
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    write_yaml(config, config.out_dir / "config.yaml")
+    display = _Display(config.trials, config.epochs, bool(args.quiet))
+    evaluator = TrainingEvaluator(config, on_epoch_progress=display.epoch)
+    store = artifact_store(config.artifacts_dir)
+    driver = SearchDriver(config, evaluator, upload=lambda trial, path: upload_weights(store, trial, path))
+    if driver.created:
+        driver.study.set_user_attr("artifacts", config.artifacts_dir)
+        driver.study.set_user_attr("data", evaluator.data_attrs())
+    con = console()
+    verb = "created" if driver.created else "resumed"
+    con.print(
+        f"study {config.study!r} {verb} in {redact(config.storage_url)}; "
+        f"{len(driver.study.trials)} trials so far, budget {config.trials}"
+    )
+
+    def on_trial(report: Any) -> None:
+        trials = driver.study.get_trials(deepcopy=False)
+        finished = sum(1 for t in trials if t.state.is_finished() and t.state.name != "FAIL")
+        display.trial_done(trial_line(report), finished, best_netscore(trials), len(pareto_trials(trials)))
+
+    driver.on_trial = on_trial
+    start = time.time()
+    with display.progress:
+        try:
+            driver.run()
+        except KeyboardInterrupt:
+            display.progress.stop()
+            counts = driver.counts()
+            err_console().print(
+                "interrupted: the running trial is marked failed; "
+                f"{counts['complete']} completed trials are kept.\n"
+                f"resume with: {_resume_command()}"
+            )
+            return 130
+    _summary(driver, config, time.time() - start)
+    return 0
+
+
+def _summary(driver: Any, config: RunConfig, seconds: float) -> None:
+    from search.study import pareto_trials
+
+    counts = driver.counts()
+    con = console()
+    con.print(
+        f"done in {seconds:.0f} s: {counts['complete'] - counts['infeasible']} trained, "
+        f"{counts['pruned']} pruned, "
+        f"{counts['infeasible']} over budget, {counts['fail']} failed"
+    )
+    _print_pareto(pareto_trials(driver.study.get_trials(deepcopy=False)))
+    where = f"--storage {config.storage_url}" if config.storage else f"--out {config.out}"
+    con.print(f"results: {config.out_dir.resolve()} (study {config.study!r})")
+    con.print(f"report:  search report {where} --study {config.study}")
+
+
+def _print_pareto(trials: list[Any]) -> None:
+    if not trials:
+        console().print("no completed candidate yet")
+        return
+    rows = []
+    for t in sorted(trials, key=lambda t: t.user_attrs["macs"]):
+        a = t.user_attrs
+        rows.append(
+            [
+                t.number,
+                a["arch_id"],
+                f"{a['val_accuracy']:.1f}",
+                f"{a['params']:,}",
+                f"{a['macs'] / 1e9:.3f} G",
+                f"{a['netscore']:.1f}",
+            ]
+        )
+    print_table(
+        "Pareto set (validation accuracy, params, MACs)",
+        ["trial", "arch_id", "val acc %", "params", "MACs", "NetScore"],
+        rows,
+    )
+
+
+def run_status(args: argparse.Namespace) -> int:
+    import json
+
+    import optuna
+
+    from search.storage import open_storage
+    from search.study import best_netscore, pareto_trials
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    config = config_from_args(args)
+    url = config.storage_url
+    if not config.storage and not (config.out_dir / "study.db").is_file():
+        raise UsageError(f"no study database at {config.out_dir / 'study.db'}; pass --out or --storage")
+    storage = open_storage(url)
+    try:
+        study = optuna.load_study(study_name=config.study, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise UsageError(
+            f"no study named {config.study!r}; studies here: {', '.join(names) or 'none'}"
+        ) from None
+    trials = study.get_trials(deepcopy=False)
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+    counts["infeasible"] = sum(1 for t in trials if t.user_attrs.get("status") == "infeasible")
+    front = pareto_trials(trials)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "study": config.study,
+                    "counts": counts,
+                    "best_netscore": best_netscore(trials),
+                    "pareto": [
+                        {
+                            "number": t.number,
+                            **{
+                                k: t.user_attrs[k]
+                                for k in ("arch_id", "val_accuracy", "params", "macs", "netscore")
+                            },
+                        }
+                        for t in front
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return 0
+    console().print(f"study {config.study!r}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    _print_pareto(front)
+    return 0

@@ -1,0 +1,105 @@
+"""The real candidate evaluator of ``search run``: train on COVIDx-format data, keep everything.
+
+The driver (``search.study``) profiles a candidate and checks its budget; this module trains the
+ones within budget with ``evaluators.training.train`` under the run's training configuration and
+returns every metric, the training curve and the best weights for the artifact store.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from search.config import RunConfig
+from search.errors import RunFailed
+from search.study import CandidateOutcome
+
+
+def train_config_for(config: RunConfig) -> Any:
+    """The ``TrainConfig`` every candidate (and every baseline) of this run is trained with."""
+    from evaluators.training import TrainConfig
+
+    return TrainConfig(
+        epochs=config.epochs,
+        image_size=config.image_size,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        patience=config.patience,
+        cosine=config.cosine,
+        augment=config.augment,
+        exterior_exclusion=config.exterior_exclusion,
+        seed=config.seed,
+        device=config.device,
+    )
+
+
+class TrainingEvaluator:
+    """Trains one candidate per call on the run's data (loaded and cached once per worker).
+
+    Args:
+        config: the run configuration.
+        on_epoch_progress: called after each epoch with ``(epoch, epochs, val_accuracy)``, for a
+            progress display.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        on_epoch_progress: Callable[[int, int, float], None] | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        from evaluators.data import load_dataset
+
+        self.config = config
+        self.dataset = load_dataset(list(config.data) or None, skip_bad=config.skip_bad)
+        self.train_config = train_config_for(config)
+        self.cache_dir = cache_dir
+        self.on_epoch_progress = on_epoch_progress
+        self._tmp = tempfile.TemporaryDirectory(prefix="covidnet-nas-weights-")
+
+    def data_attrs(self) -> dict[str, Any]:
+        return {
+            "data_hash": self.dataset.split_hash,
+            "data_sources": list(self.dataset.sources),
+            "data_sizes": {k: len(v) for k, v in self.dataset.splits.items()},
+        }
+
+    def __call__(self, spec: Any, on_epoch: Callable[[int, float], None]) -> CandidateOutcome:
+        from evaluators.training import train
+        from space import build
+
+        model = build(spec, 3)
+        epochs = self.train_config.epochs
+
+        def hook(epoch: int, val_accuracy: float, row: dict[str, Any]) -> None:
+            if self.on_epoch_progress is not None:
+                self.on_epoch_progress(epoch, epochs, val_accuracy)
+            on_epoch(epoch, val_accuracy)
+
+        result = train(
+            model, self.dataset, self.train_config, on_epoch=hook, cache_dir=self.cache_dir, progress=False
+        )
+        if result.status != "complete":
+            raise RunFailed(f"training {result.status}: {result.reason}")
+        weights = Path(self._tmp.name) / f"{spec.arch_id}.pt"
+        torch.save(result.state_dict, weights)
+        attrs: dict[str, Any] = {
+            "val_metrics": result.val.to_dict(),
+            "test_metrics": result.test.to_dict() if result.test is not None else None,
+            "history": list(result.history),
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
+            "train_wall_time_s": result.wall_time_s,
+            "train_config": result.config.to_dict(),
+            **self.data_attrs(),
+        }
+        return CandidateOutcome(
+            val_accuracy=float(result.val.accuracy), attrs=attrs, weights_file=str(weights)
+        )
