@@ -21,6 +21,7 @@ from search.errors import RunFailed, UsageError
 COMMAND_MODULES = (
     "search.commands.space",
     "search.commands.run",
+    "search.commands.baselines",
 )
 
 

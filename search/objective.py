@@ -72,23 +72,30 @@ class TrainingEvaluator:
         }
 
     def __call__(self, spec: Any, on_epoch: Callable[[int, float], None]) -> CandidateOutcome:
-        from evaluators.training import train
         from space import build
 
-        model = build(spec, 3)
+        return self.train_model(build(spec, 3), spec.arch_id, on_epoch)
+
+    def train_model(
+        self, model: torch.nn.Module, tag: str, on_epoch: Callable[[int, float], None] | None = None
+    ) -> CandidateOutcome:
+        """Train ``model`` under the run's configuration; ``tag`` names its weights file."""
+        from evaluators.training import train
+
         epochs = self.train_config.epochs
 
         def hook(epoch: int, val_accuracy: float, row: dict[str, Any]) -> None:
             if self.on_epoch_progress is not None:
                 self.on_epoch_progress(epoch, epochs, val_accuracy)
-            on_epoch(epoch, val_accuracy)
+            if on_epoch is not None:
+                on_epoch(epoch, val_accuracy)
 
         result = train(
             model, self.dataset, self.train_config, on_epoch=hook, cache_dir=self.cache_dir, progress=False
         )
         if result.status != "complete":
             raise RunFailed(f"training {result.status}: {result.reason}")
-        weights = Path(self._tmp.name) / f"{spec.arch_id}.pt"
+        weights = Path(self._tmp.name) / f"{tag}.pt"
         torch.save(result.state_dict, weights)
         attrs: dict[str, Any] = {
             "val_metrics": result.val.to_dict(),
