@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "search.commands.space",
     "search.commands.run",
     "search.commands.baselines",
+    "search.commands.data",
 )
 
 
