@@ -113,7 +113,7 @@ def body_volume(
     (-850 HU) at i 12..27, j 10..23 inside it: lung fraction 16 * 14 / (32 * 26) = 0.269."""
     hu = np.full(shape, -1000, dtype=np.int16)
     hu[6:38, 4:30, :] = 0
-    for k in lung_slices:
+    for k in (k for k in lung_slices if k < shape[2]):
         hu[12:28, 10:24, k] = -850
     hu[20, 8, :] = 40 + 10 * np.arange(shape[2])  # marks slice order and the patient's right
     return hu
