@@ -13,12 +13,13 @@ import fcntl
 import hashlib
 import os
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import BaseStorage, RDBStorage, RetryFailedTrialCallback
+from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from search.errors import UsageError
 
@@ -37,6 +38,11 @@ def sqlite_path(url: str) -> Path | None:
     if url.startswith("sqlite:///"):
         return Path(url[len("sqlite:///") :])
     return None
+
+
+warnings.filterwarnings(
+    "ignore", message=r".*(RetryHeartbeatStaleTrialCallback|heartbeat_interval).*experimental.*"
+)
 
 
 def open_storage(url: str, heartbeat: int | None = None, max_retry: int = 2) -> BaseStorage:
@@ -66,7 +72,7 @@ def open_storage(url: str, heartbeat: int | None = None, max_retry: int = 2) -> 
         kwargs = {
             "heartbeat_interval": heartbeat,
             "grace_period": 2 * heartbeat,
-            "heartbeat_stale_trial_callback": RetryFailedTrialCallback(max_retry=max_retry),
+            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
         }
     engine_kwargs = {"connect_args": {"timeout": 60}} if db is not None else {"pool_pre_ping": True}
     try:

@@ -33,8 +33,12 @@ KIND_SEARCH = "search"
 
 # ask/tell with our own heartbeat thread is deliberate (see _Heartbeat); the experimental APIs used
 # here (metric names, fail_stale_trials) are stable in practice. Neither warning helps a user.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, module="search")
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+for _message in (
+    r".*set_metric_names is experimental.*",
+    r".*fail_stale_trials is experimental.*",
+    r"Heartbeat of storage is supposed to be used with Study.optimize",
+):
+    warnings.filterwarnings("ignore", message=_message)
 
 
 def constraints_of(trial: FrozenTrial) -> Sequence[float]:
