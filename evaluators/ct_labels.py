@@ -145,9 +145,16 @@ def read_labels(path: Path) -> list[LabelRow]:
 
 
 def assign_labels(
-    scans: Sequence[Scan], rows: Sequence[LabelRow], labels_path: Path
+    scans: Sequence[Scan], rows: Sequence[LabelRow], labels_path: Path, bad_items: Sequence[BadItem] = ()
 ) -> tuple[list[LabeledScan], list[BadItem]]:
-    """Match label rows to scans: scans without a label and labels without a scan are bad items."""
+    """Match label rows to scans: scans without a label and labels without a scan are bad items.
+
+    Args:
+        scans: the usable scans.
+        rows: the rows of ``labels.csv``.
+        labels_path: its path, for messages.
+        bad_items: the scans and files found bad, whose labels are then not reported again.
+    """
     by_scan = rows and rows[0].scan is not None
     key_of = (lambda s: s.scan_id) if by_scan else (lambda s: s.patient)
     what = "scan" if by_scan else "patient"
@@ -165,8 +172,12 @@ def assign_labels(
         where = ", ".join(str(s.path) for s in group)
         bad.append(BadItem(f"{what} {key}", f"has no label in {labels_path} ({where})"))
     found = {key_of(s) for s in scans}
+    # A label whose scan is bad is not a label without a scan: the scan is reported already.
+    for b in bad_items:
+        if b.source:
+            found |= {b.source, b.source.split("/")[0]}
     for key, row in row_of.items():
-        if key not in found:
+        if key not in found and key.split("#")[0] not in found:
             close = difflib.get_close_matches(key, sorted(unlabeled), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             bad.append(BadItem(f"{labels_path} line {row.line}", f"{what} {key!r} has no scan{hint}"))

@@ -16,7 +16,7 @@ import importlib
 import itertools
 import os
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -60,10 +60,13 @@ class BadItem:
     Attributes:
         item: what it is: a file, a scan (``scan P001 (scans/P001)``), a labels line.
         reason: why it cannot be used.
+        source: the scan folder or NIfTI scan id under ``--scans`` it belongs to, if any, so that
+            its label is not reported a second time as a label without a scan.
     """
 
     item: str
     reason: str
+    source: str | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         return f"{self.item}: {self.reason}"
@@ -205,6 +208,13 @@ def _strip_nifti(name: str) -> str:
 
 
 def _nifti_scan(root: Path, path: Path) -> Scan | BadItem:
+    result = _nifti_header(root, path)
+    if isinstance(result, BadItem):
+        return replace(result, source=_strip_nifti(path.relative_to(root).as_posix()))
+    return result
+
+
+def _nifti_header(root: Path, path: Path) -> Scan | BadItem:
     nib = require("nibabel")
     try:
         img = nib.load(str(path))
@@ -244,8 +254,15 @@ def _read_header(path: Path) -> _SliceHeader | BadItem:
                 return BadItem(str(path), "not a DICOM file")
     except Exception as e:
         return BadItem(str(path), f"unreadable DICOM file: {' '.join(str(e).split())}")
+    # pydicom reads a truncated file without complaint and returns what it got.
+    if "SOPClassUID" not in ds:
+        return BadItem(str(path), "unreadable DICOM file: truncated or damaged (no SOPClassUID)")
     if "PixelData" not in ds:
-        kind = getattr(ds.get("SOPClassUID"), "name", None) or ds.get("Modality", "unknown kind")
+        if "Rows" in ds:
+            return BadItem(
+                str(path), "unreadable DICOM file: truncated or damaged (image tags but no pixel data)"
+            )
+        kind = getattr(ds.SOPClassUID, "name", None) or ds.SOPClassUID
         return BadItem(str(path), f"a DICOM file without an image ({kind})")
     missing = [t for t in _RESCALE_TAGS if ds.get(t) is None or ds.get(t) == ""]
     if missing:
@@ -276,13 +293,14 @@ def _read_header(path: Path) -> _SliceHeader | BadItem:
 def _dicom_scans(root: Path, folder: Path, files: list[Path]) -> tuple[list[Scan], list[BadItem]]:
     bad: list[BadItem] = []
     series: dict[str, list[_SliceHeader]] = defaultdict(list)
+    rel = folder.relative_to(root)
+    source = None if rel == Path(".") else rel.as_posix()
     for path in files:
         header = _read_header(path)
         if isinstance(header, BadItem):
-            bad.append(header)
+            bad.append(replace(header, source=source))
         else:
             series[header.series_uid].append(header)
-    rel = folder.relative_to(root)
     if rel == Path("."):
         if series:
             bad.append(
@@ -302,7 +320,7 @@ def _dicom_scans(root: Path, folder: Path, files: list[Path]) -> tuple[list[Scan
         if len(groups) > 1:
             scan_id += f"#{numbers[i] if unique_numbers else i + 1}"
         result = _check_series(scan_id, rel.parts[0], folder, headers)
-        _add(result, scans, bad)
+        _add(replace(result, source=source) if isinstance(result, BadItem) else result, scans, bad)
     return scans, bad
 
 

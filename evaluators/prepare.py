@@ -244,7 +244,7 @@ def prepare_dataset(config: PrepareConfig, progress: Progress | None = None) -> 
     _check_out(config)
     rows = read_labels(config.labels)
     scans, bad, ignored = find_scans(config.scans)
-    labeled, label_problems = assign_labels(scans, rows, config.labels)
+    labeled, label_problems = assign_labels(scans, rows, config.labels, bad)
     bad += label_problems
     chosen: dict[str, list[int]] = {}
     if config.slices_csv is not None:
