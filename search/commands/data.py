@@ -36,8 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="columns patient and/or scan, and class (normal, pneumonia, covid-19 or 0-2)",
     )
     q.add_argument("--out", type=Path, required=True, metavar="DIR", help="the dataset folder to write")
-    q.add_argument("--window-level", type=float, default=-600.0, help="HU window level (default -600)")
-    q.add_argument("--window-width", type=float, default=1500.0, help="HU window width (default 1500)")
+    q.add_argument(
+        "--window-level", type=float, default=-600.0, metavar="HU", help="HU window level (default -600)"
+    )
+    q.add_argument(
+        "--window-width", type=float, default=1500.0, metavar="HU", help="HU window width (default 1500)"
+    )
     pick = q.add_mutually_exclusive_group()
     pick.add_argument("--slice-step", type=int, default=1, metavar="K", help="every K-th slice (default 1)")
     pick.add_argument("--slices-csv", type=Path, metavar="CSV", help="only these slices: columns scan, slice")
@@ -137,8 +141,9 @@ def print_summary(d: dict[str, Any], out: Path) -> None:
         f"window level {window['level']:g} HU, width {window['width']:g} HU; dropped slices: "
         f"{dropped['no_body']} without a body, {dropped['little_lung']} with little lung",
         markup=False,
+        soft_wrap=True,
     )
-    con.print(f"wrote {out}: images/, {files}", markup=False)
+    con.print(f"wrote {out}: images/, {files}", markup=False, soft_wrap=True)
     for title, items in (
         ("skipped", [f"{s['item']}: {s['reason']}" for s in d["skipped"]]),
         ("warnings", d["warnings"]),
@@ -146,6 +151,6 @@ def print_summary(d: dict[str, Any], out: Path) -> None:
         if items:
             con.print(f"{title} ({len(items)}):")
             for item in items:
-                con.print(f"  {item}", markup=False)
+                con.print(f"  {item}", markup=False, soft_wrap=True)
     if d["ignored_files"]:
         con.print(f"not read (sidecar files): {len(d['ignored_files'])}, listed in summary.json")
