@@ -148,3 +148,21 @@ def test_prepared_folder_loads_as_a_covidx_dataset(inputs: tuple[Path, Path], tm
         for sample in dataset.split(split):
             assert sample.path.parent == out / "images" and sample.path.is_file()
             assert sample.box == (0, 0, 128, 128)
+
+
+def test_prepared_folder_trains_one_epoch(inputs: tuple[Path, Path], tmp_path: Path) -> None:
+    from search.cli import COMMAND_MODULES
+
+    if "search.commands.train" not in COMMAND_MODULES:
+        pytest.skip("search train is not registered yet")
+    out = tmp_path / "data"
+    assert main(["--quiet", *_argv(inputs, out)]) == 0
+    run = tmp_path / "run"
+    argv = ["--quiet", "train", "--arch", "ct-s", "--data", str(out), "--epochs", "1", "--image-size", "32"]
+    assert main([*argv, "--out", str(run), "--cache-dir", str(tmp_path / "cache")]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "ok" and metrics["epochs_run"] == 1 and (run / "weights.pt").is_file()
+    counts = json.loads((out / "summary.json").read_text())["counts"]
+    for split in ("train", "val", "test"):
+        expected = [counts[split][name]["slices"] for name in ("normal", "pneumonia", "covid-19")]
+        assert metrics["data"]["counts"][split] == expected
