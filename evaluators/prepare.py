@@ -223,7 +223,7 @@ def _write(
 ) -> PrepareSummary:
     (tmp / IMAGES_DIR).mkdir()
     lines: dict[str, list[tuple[str, int]]] = defaultdict(list)  # patient -> (label line, label)
-    scans_of: dict[str, list[str]] = defaultdict(list)
+    scans_of: dict[str, list[tuple[str, int]]] = defaultdict(list)  # patient -> (scan id, label)
     scan_no: dict[str, int] = defaultdict(int)
     dropped = {"no_body": 0, "little_lung": 0}
     warnings: list[str] = []
@@ -264,7 +264,7 @@ def _write(
         scan.release()
         warnings += scan.warnings
         if written:
-            scans_of[ls.patient].append(scan.scan_id)
+            scans_of[ls.patient].append((scan.scan_id, ls.label))
     if progress:
         progress(len(labeled), len(labeled), "")
     for patient in sorted({ls.patient for ls in labeled} - set(lines)):
@@ -281,11 +281,13 @@ def _write(
             rows = sorted(line for p in lines if split_of[p] == split for line, _ in lines[p])
             (tmp / f"{split}.txt").write_text("".join(f"{r}\n" for r in rows))
             label_files[split] = f"{split}.txt"
+            if not rows:
+                warnings.append(f"split {split} has no patients: too few patients for the --split shares")
     patients = {
         p: {
             "class": CLASS_NAMES[patient_class[p]],
             "split": split_of[p],
-            "scans": scans_of[p],
+            "scans": [scan_id for scan_id, _ in scans_of[p]],
             "slices": len(lines[p]),
             "file_prefix": prefixes[p],
         }
@@ -310,8 +312,12 @@ def _majority(labels: list[int]) -> int:
 
 
 def _counts(
-    lines: Mapping[str, list[tuple[str, int]]], scans_of: Mapping[str, list[str]], split_of: Mapping[str, str]
+    lines: Mapping[str, list[tuple[str, int]]],
+    scans_of: Mapping[str, list[tuple[str, int]]],
+    split_of: Mapping[str, str],
 ) -> dict[str, dict[str, dict[str, int]]]:
+    """Patients, scans and slices per split and class; a patient or scan counts under each class
+    it has slices of."""
     counts: dict[str, dict[str, dict[str, int]]] = {}
     for split in (*SPLITS, "all"):
         per: dict[str, dict[str, int]] = {}
@@ -321,7 +327,9 @@ def _counts(
                 members = [p for p in members if any(CLASS_NAMES[label] == key for _, label in lines[p])]
             per[key] = {
                 "patients": len(members),
-                "scans": sum(len(scans_of[p]) for p in members),
+                "scans": sum(
+                    1 for p in members for _, label in scans_of[p] if key in ("total", CLASS_NAMES[label])
+                ),
                 "slices": sum(
                     1 for p in members for _, label in lines[p] if key in ("total", CLASS_NAMES[label])
                 ),

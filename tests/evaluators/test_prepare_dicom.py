@@ -225,7 +225,10 @@ def test_several_series_in_a_folder_and_scan_labels(tmp_path: Path) -> None:
         "P2_0_0000.png": 0,
         "P2_0_0001.png": 0,
     }
-    assert summary.counts["all"]["normal"] == {"patients": 2, "scans": 3, "slices": 4}
+    # P1 counts under both classes, each of its scans under its own.
+    assert summary.counts["all"]["normal"] == {"patients": 2, "scans": 2, "slices": 4}
+    assert summary.counts["all"]["covid-19"] == {"patients": 1, "scans": 1, "slices": 3}
+    assert summary.counts["all"]["total"] == {"patients": 2, "scans": 3, "slices": 7}
 
 
 def test_slices_csv_picks_slices(dicom_inputs: tuple[Path, Path], tmp_path: Path) -> None:
@@ -265,3 +268,13 @@ def test_air_only_slices_are_dropped_and_counted(tmp_path: Path) -> None:
     )
     assert summary.dropped_slices == {"no_body": 1, "little_lung": 0}
     assert summary.patients["P1"]["slices"] == 2
+
+
+def test_too_few_patients_for_the_splits_warn(tmp_path: Path) -> None:
+    scans = tmp_path / "scans"
+    write_series(scans / "P1", 2)
+    write_series(scans / "P2", 2)
+    labels = write_labels(tmp_path / "labels.csv", "patient,class\nP1,0\nP2,2")
+    summary = prepare_dataset(PrepareConfig(scans=scans, labels=labels, out=tmp_path / "out"))
+    assert summary.warnings == ("split test has no patients: too few patients for the --split shares",)
+    assert (tmp_path / "out" / "test.txt").read_text() == ""
