@@ -144,7 +144,8 @@ class Scan:
             img = nib.load(str(self.path))
             data = np.asanyarray(img.dataobj)
         except Exception as e:
-            raise BadScanError(BadItem(str(self.path), f"unreadable NIfTI file: {e}"), whole_scan=True) from e
+            reason = f"unreadable NIfTI file: {' '.join(str(e).split())}"
+            raise BadScanError(BadItem(str(self.path), reason), whole_scan=True) from e
         data = data.reshape(data.shape[:3])
         transform = nib.orientations.ornt_transform(
             nib.orientations.io_orientation(img.affine), nib.orientations.axcodes2ornt(("R", "A", "S"))
@@ -174,8 +175,15 @@ def find_scans(root: Path) -> tuple[list[Scan], list[BadItem], list[Path]]:
     scans: list[Scan] = []
     bad: list[BadItem] = []
     ignored: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    visited: set[str] = set()
+    # Linked folders are followed (data is often linked in), each real folder once.
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        visited.add(os.path.realpath(dirpath))
+        dirnames[:] = sorted(
+            d
+            for d in dirnames
+            if not d.startswith(".") and os.path.realpath(os.path.join(dirpath, d)) not in visited
+        )
         folder = Path(dirpath)
         dicom_files: list[Path] = []
         for name in sorted(filenames):
@@ -193,6 +201,14 @@ def find_scans(root: Path) -> tuple[list[Scan], list[BadItem], list[Path]]:
             scans.extend(found)
             bad.extend(problems)
     scans.sort(key=lambda s: s.scan_id)
+    by_id: dict[str, list[Scan]] = defaultdict(list)
+    for scan in scans:
+        by_id[scan.scan_id].append(scan)
+    for scan_id, same in by_id.items():
+        if len(same) > 1:
+            paths = " and ".join(sorted(str(s.path) for s in same))
+            bad.append(BadItem(f"scan {scan_id}", f"two scans have this id ({paths}); rename one", scan_id))
+            scans = [s for s in scans if s.scan_id != scan_id]
     return scans, bad, ignored
 
 

@@ -129,6 +129,12 @@ def _four_d_nifti(scans: Path) -> str:
     return f"{series}: not a 3-D volume: shape (8, 8, 2, 3)"
 
 
+def _same_scan_id(scans: Path) -> str:
+    write_series(scans / "B", 2)
+    write_nifti(scans / "B.nii.gz", body_volume()[:, :, :2])
+    return f"scan B: two scans have this id ({scans / 'B'} and {scans / 'B.nii.gz'}); rename one"
+
+
 def _unlabeled(scans: Path) -> str:
     write_series(scans / "P9", 2)
     return f"patient P9: has no label in {scans.parent / 'labels.csv'} ({scans / 'P9'})"
@@ -154,6 +160,7 @@ CASES: dict[str, tuple[Callable[[Path], str], str]] = {
     "DICOM in the scans folder": (_dicom_in_root, ""),
     "unreadable NIfTI": (_bad_nifti, B),
     "not a 3-D NIfTI": (_four_d_nifti, B + "C,normal\n"),
+    "two scans with one id": (_same_scan_id, B),
     "scan without a label": (_unlabeled, ""),
     "label without a scan": (_label_without_scan, B + "G5,pneumonia\n"),
 }

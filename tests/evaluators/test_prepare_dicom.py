@@ -278,3 +278,16 @@ def test_too_few_patients_for_the_splits_warn(tmp_path: Path) -> None:
     summary = prepare_dataset(PrepareConfig(scans=scans, labels=labels, out=tmp_path / "out"))
     assert summary.warnings == ("split test has no patients: too few patients for the --split shares",)
     assert (tmp_path / "out" / "test.txt").read_text() == ""
+
+
+def test_linked_folders_are_followed_once(tmp_path: Path) -> None:
+    scans = tmp_path / "scans"
+    write_series(scans / "P1", 2)
+    write_series(tmp_path / "elsewhere" / "P2", 3)
+    (scans / "P2").symlink_to(tmp_path / "elsewhere" / "P2", target_is_directory=True)
+    (scans / "P1" / "loop").symlink_to(scans, target_is_directory=True)  # a cycle: not walked twice
+    labels = write_labels(tmp_path / "labels.csv", "patient,class\nP1,0\nP2,2")
+    summary = prepare_dataset(
+        PrepareConfig(scans=scans, labels=labels, out=tmp_path / "out", split=(0.5, 0.5, 0))
+    )
+    assert {p: v["slices"] for p, v in summary.patients.items()} == {"P1": 2, "P2": 3}
