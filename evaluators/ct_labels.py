@@ -119,7 +119,7 @@ def read_labels(path: Path) -> list[LabelRow]:
     seen: dict[str, int] = {}
     key_name = "scan" if "scan" in columns else "patient"
     for line, values in rows:
-        ids = {}
+        ids: dict[str, str] = {}
         for name in ("patient", "scan"):
             if name in columns:
                 ids[name] = values[columns[name]]
@@ -155,10 +155,10 @@ def assign_labels(
         labels_path: its path, for messages.
         bad_items: the scans and files found bad, whose labels are then not reported again.
     """
-    by_scan = rows and rows[0].scan is not None
+    by_scan = bool(rows) and rows[0].scan is not None
     key_of = (lambda s: s.scan_id) if by_scan else (lambda s: s.patient)
     what = "scan" if by_scan else "patient"
-    row_of = {(r.scan if by_scan else r.patient): r for r in rows}
+    row_of = {str(r.scan if by_scan else r.patient): r for r in rows}
     labeled: list[LabeledScan] = []
     bad: list[BadItem] = []
     unlabeled: dict[str, list[Scan]] = {}
