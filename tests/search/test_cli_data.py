@@ -166,3 +166,17 @@ def test_prepared_folder_trains_one_epoch(inputs: tuple[Path, Path], tmp_path: P
     for split in ("train", "val", "test"):
         expected = [counts[split][name]["slices"] for name in ("normal", "pneumonia", "covid-19")]
         assert metrics["data"]["counts"][split] == expected
+
+
+def test_missing_extra_is_a_usage_error(
+    inputs: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setitem(sys.modules, "pydicom", None)
+    assert main(["--quiet", *_argv(inputs, tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "search: error: pydicom is not installed; install the [prepare] extra: pip install '.[prepare]'"
+    )
+    assert not (tmp_path / "o").exists()
