@@ -6,3 +6,33 @@ from __future__ import annotations
 from evaluators.complexity import Profile, count_params, netscore, profile
 
 __all__ = ["Profile", "count_params", "netscore", "profile"]
+
+# Data, cache, training and metrics import torchvision; load them on first use so that
+# `from evaluators import profile` stays cheap.
+_LAZY = {
+    "CLASS_NAMES": "evaluators.data",
+    "CTDataset": "evaluators.data",
+    "DatasetError": "evaluators.data",
+    "Sample": "evaluators.data",
+    "default_data_dir": "evaluators.data",
+    "load_dataset": "evaluators.data",
+    "SplitArrays": "evaluators.cache",
+    "default_cache_dir": "evaluators.cache",
+    "load_arrays": "evaluators.cache",
+    "EvalResult": "evaluators.metrics",
+    "compute_metrics": "evaluators.metrics",
+    "evaluate": "evaluators.metrics",
+    "TrainConfig": "evaluators.training",
+    "TrainResult": "evaluators.training",
+    "resolve_device": "evaluators.training",
+    "train": "evaluators.training",
+}
+__all__ += list(_LAZY)
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'evaluators' has no attribute {name!r}")

@@ -1,0 +1,323 @@
+"""The decoded-image cache: every image decoded, cropped to its box and resized once, kept as uint8.
+
+Decoding and cropping PNGs every epoch would dominate a search, so each (source, split) is decoded
+once per image size into one file under the cache folder and reused by every later trial and
+worker. The file's name holds a SHA-256 key over the label file, the image size and each image's
+name, label, box, size on disk and modification time, so a changed label file or image makes a new
+entry instead of reading a stale one. Files are written under a temporary name and renamed, so a
+concurrent reader never sees half a file; a lock file (where the OS has ``fcntl``) lets a second
+worker wait for the first one's decode instead of repeating it.
+
+Each image is stored on a *canvas* a little larger than the box (a margin of 7.5 % of the image
+size on every side, the paper's box-jitter range), so that box jitter can show the real pixels
+around the box without decoding again. ``SplitArrays.images`` is the box itself: the canvas's
+centre, exactly the box resized to ``image_size`` x ``image_size``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from evaluators.data import CTDataset, DatasetError, Sample
+
+CACHE_ENV = "COVIDNET_NAS_CACHE"
+CACHE_VERSION = 1
+JITTER = 0.075  # the paper's box jitter, +-7.5 % of the box size: the canvas margin
+
+
+def default_cache_dir() -> Path:
+    """``$COVIDNET_NAS_CACHE``, else ``$XDG_CACHE_HOME/covidnet-nas``, else ``~/.cache/covidnet-nas``."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base) if base else Path.home() / ".cache") / "covidnet-nas"
+
+
+def margin_for(image_size: int) -> int:
+    """Canvas margin (pixels on each side) for ``image_size``: room for the box jitter."""
+    return math.ceil(image_size * JITTER)
+
+
+@dataclass(frozen=True)
+class SplitArrays:
+    """One split, decoded: uint8 images ready to be batched.
+
+    Attributes:
+        canvas: ``N x (S + 2m) x (S + 2m)`` uint8: the box resized to ``S`` x ``S`` in the centre,
+            with a margin ``m`` of what surrounds it in the image (edge pixels beyond it).
+        valid: ``N x 4`` int32 ``(x0, y0, x1, y1)``: the part of the canvas inside the image.
+        exterior: ``N`` uint8: mean gray level of the image outside its box (0 where the box is
+            the whole image), the fill of exterior exclusion.
+        labels: ``N`` int64 class indices.
+        sources: source name of each image.
+        filenames: file name of each image as the label file gives it.
+        image_size: ``S``.
+        margin: ``m``.
+        split: the split's name.
+        cache_files: the cache files read or written (one per source).
+        from_cache: whether every part was read from the cache rather than decoded.
+    """
+
+    canvas: torch.Tensor
+    valid: torch.Tensor
+    exterior: torch.Tensor
+    labels: torch.Tensor
+    sources: tuple[str, ...]
+    filenames: tuple[str, ...]
+    image_size: int
+    margin: int
+    split: str = ""
+    cache_files: tuple[Path, ...] = ()
+    from_cache: bool = False
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def images(self) -> torch.Tensor:
+        """``N x S x S`` uint8: each image cropped to its box and resized (a view of the canvas)."""
+        m, s = self.margin, self.image_size
+        return self.canvas[:, m : m + s, m : m + s]
+
+    def batch(
+        self, index: torch.Tensor | Sequence[int], channels: int = 3, device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
+        """Images ``index`` as a float ``N x channels x S x S`` tensor in [0, 1] on ``device``."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        x = self.images[idx].to(device, non_blocking=True)
+        return to_float(x, channels)
+
+
+def to_float(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """uint8 ``N x H x W`` (or float in 0-255) to float ``N x channels x H x W`` in [0, 1]."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    x = images.unsqueeze(1).float().div_(255.0)
+    return x.expand(-1, channels, -1, -1).contiguous() if channels > 1 else x
+
+
+def render(path: Path, box: tuple[int, int, int, int], image_size: int) -> tuple[np.ndarray, tuple, int]:
+    """Decode one image to its canvas: ``(canvas, valid region, exterior mean)``.
+
+    The box maps exactly onto the canvas centre ``[m, m + S)`` (bilinear, antialiased); the
+    margin shows the surrounding image where there is one.
+    """
+    from PIL import Image
+
+    with Image.open(path) as img:
+        gray = img.convert("L") if img.mode != "L" else img.copy()
+    arr = np.asarray(gray)
+    h, w = arr.shape
+    x0, y0, x1, y1 = box
+    if x1 > w or y1 > h:
+        raise OSError(f"box {box} lies outside the decoded {w}x{h} image")
+    s, m = image_size, margin_for(image_size)
+    bw, bh = x1 - x0, y1 - y0
+    mx, my = m * bw / s, m * bh / s  # the margin in image pixels
+    px, py = math.ceil(mx) + 1, math.ceil(my) + 1
+    padded = Image.fromarray(np.pad(arr, ((py, py), (px, px)), mode="edge"))
+    region = (x0 - mx + px, y0 - my + py, x1 + mx + px, y1 + my + py)
+    size = s + 2 * m
+    canvas = np.asarray(padded.resize((size, size), Image.BILINEAR, box=region))
+    valid = (
+        max(0, round(m - x0 * s / bw)),
+        max(0, round(m - y0 * s / bh)),
+        min(size, round(m + (w - x0) * s / bw)),
+        min(size, round(m + (h - y0) * s / bh)),
+    )
+    outside = w * h - bw * bh
+    exterior = 0
+    if outside:
+        total = int(arr.sum(dtype=np.int64)) - int(arr[y0:y1, x0:x1].sum(dtype=np.int64))
+        exterior = round(total / outside)
+    return canvas, valid, exterior
+
+
+def _key(samples: Sequence[Sample], label_bytes: bytes, image_size: int) -> str:
+    h = hashlib.sha256()
+    h.update(f"v{CACHE_VERSION} size={image_size} margin={margin_for(image_size)} bilinear\0".encode())
+    h.update(hashlib.sha256(label_bytes).digest())
+    for s in samples:
+        st = s.path.stat()
+        h.update(f"{s.filename}\0{s.label}\0{s.box}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` + ``.lock`` (a no-op where ``fcntl`` is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: the atomic rename alone keeps readers safe
+        yield
+        return
+    lock = path.with_name(path.name + ".lock")
+    with lock.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _read(path: Path, key: str, n: int) -> dict | None:
+    """The cache entry at ``path``, or None where it is missing, unreadable or not ``key``'s."""
+    if not path.is_file():
+        return None
+    try:
+        d = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # a corrupt or foreign file is rebuilt, never trusted
+        return None
+    ok = (
+        isinstance(d, dict)
+        and d.get("key") == key
+        and d.get("version") == CACHE_VERSION
+        and all(isinstance(d.get(k), torch.Tensor) for k in ("canvas", "valid", "exterior"))
+        and int(d["canvas"].shape[0]) == n
+    )
+    return d if ok else None
+
+
+def _decode(samples: Sequence[Sample], image_size: int, workers: int, label: str = "") -> dict:
+    def one(s: Sample) -> tuple[np.ndarray, tuple, int]:
+        try:
+            return render(s.path, s.box, image_size)
+        except (OSError, ValueError, SyntaxError) as e:
+            raise DatasetError(
+                f"{s.label_file} line {s.line}: image {s.filename} is unreadable: {e}"
+            ) from None
+
+    size = image_size + 2 * margin_for(image_size)
+    canvas = torch.empty((len(samples), size, size), dtype=torch.uint8)
+    valid = torch.empty((len(samples), 4), dtype=torch.int32)
+    exterior = torch.empty(len(samples), dtype=torch.uint8)
+    with contextlib.ExitStack() as stack:
+        bar = task = None
+        if label:
+            from rich.console import Console
+            from rich.progress import Progress
+
+            bar = stack.enter_context(Progress(console=Console(stderr=True), transient=True))
+            task = bar.add_task(label, total=len(samples))
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=max(1, workers)))  # Pillow frees the GIL
+        for i, (c, v, e) in enumerate(pool.map(one, samples)):
+            canvas[i].numpy()[...] = c
+            valid[i] = torch.tensor(v, dtype=torch.int32)
+            exterior[i] = e
+            if bar is not None and (i % 256 == 255 or i == len(samples) - 1):
+                bar.update(task, completed=i + 1)
+    return {"canvas": canvas, "valid": valid, "exterior": exterior}
+
+
+def _write(path: Path, d: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(d, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; other workers of the user's group read it
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:60] or "data"
+
+
+def load_arrays(
+    dataset: CTDataset,
+    split: str,
+    image_size: int,
+    channels: int = 3,
+    cache_dir: str | Path | None = None,
+    *,
+    use_cache: bool = True,
+    workers: int | None = None,
+    progress: bool = False,
+) -> SplitArrays:
+    """Split ``split`` of ``dataset`` decoded at ``image_size``, from the cache where it is there.
+
+    Args:
+        dataset: the loaded dataset.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        image_size: side of the square images.
+        channels: 1 or 3; only checked here (the cache is grayscale, channels are expanded at
+            batch time).
+        cache_dir: the cache folder; default ``default_cache_dir()``.
+        use_cache: False decodes without reading or writing the cache.
+        workers: decoding threads (default: the CPU count, at most 8).
+        progress: show a progress bar on stderr while decoding.
+
+    Raises:
+        DatasetError: an image that cannot be decoded (naming its label file and line).
+    """
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
+        raise ValueError(f"image_size must be an integer of at least 8, got {image_size!r}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    samples = dataset.split(split)
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    workers = workers or min(8, os.cpu_count() or 1)
+    parts, files, all_cached = [], [], True
+
+    def label(source: str) -> str:
+        return f"decoding {source} {split} at {image_size} px" if progress else ""
+
+    for source in dataset.sources:
+        mine = [s for s in samples if s.source == source]
+        if not mine:
+            continue
+        if not use_cache:
+            parts.append(_decode(mine, image_size, workers, label(source)))
+            all_cached = False
+            continue
+        label_bytes = dataset.label_files[source][split].read_bytes()
+        key = _key(mine, label_bytes, image_size)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{_safe(source)}-{split}-{image_size}px-{key[:24]}.pt"
+        d = _read(path, key, len(mine))
+        if d is None:
+            with _locked(path):
+                d = _read(path, key, len(mine))  # another worker may have written it meanwhile
+                if d is None:
+                    all_cached = False
+                    d = _decode(mine, image_size, workers, label(source))
+                    d.update(key=key, version=CACHE_VERSION, image_size=image_size)
+                    _write(path, d)
+        parts.append(d)
+        files.append(path)
+
+    def cat(name: str) -> torch.Tensor:
+        return parts[0][name] if len(parts) == 1 else torch.cat([p[name] for p in parts])
+
+    by_source = [s for source in dataset.sources for s in samples if s.source == source]
+    return SplitArrays(
+        canvas=cat("canvas"),
+        valid=cat("valid"),
+        exterior=cat("exterior"),
+        labels=torch.tensor([s.label for s in by_source], dtype=torch.long),
+        sources=tuple(s.source for s in by_source),
+        filenames=tuple(s.filename for s in by_source),
+        image_size=image_size,
+        margin=margin_for(image_size),
+        split=split,
+        cache_files=tuple(files),
+        from_cache=all_cached,
+    )

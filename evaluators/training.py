@@ -1,0 +1,429 @@
+"""Short training by the COVIDNet-CT protocol: what a candidate's accuracy is worth.
+
+SGD with momentum 0.9, learning rate 5e-4, L2 1e-4 (as weight decay), batch size 8, class-balanced
+batches, the paper's augmentations, early stopping on validation accuracy and optional cosine
+decay. ``train`` reports to no driver: a search passes ``on_epoch`` and may raise from it (Optuna's
+``TrialPruned``), which ``train`` lets through unchanged.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from evaluators.augment import epoch_batches, make_batch
+from evaluators.cache import load_arrays
+from evaluators.data import CLASS_NAMES, CTDataset
+from evaluators.metrics import EvalResult, compute_metrics, predict
+
+EpochCallback = Callable[[int, float, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run's settings; the defaults are the COVIDNet-CT paper's.
+
+    Attributes:
+        lr: SGD learning rate.
+        momentum: SGD momentum.
+        weight_decay: L2 weight (SGD weight decay).
+        batch_size: images per training batch.
+        epochs: most epochs to train.
+        image_size: side of the square input (the paper: 512).
+        patience: stop after this many epochs without a better validation accuracy (0: never).
+        cosine: cosine decay of the learning rate over ``epochs`` (the official repository's).
+        augment: the paper's augmentations.
+        exterior_exclusion: replace everything outside the body box by its mean gray level.
+        balanced: class-balanced batches.
+        seed: seed of batches, augmentation and torch's global generator (dropout).
+        device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        channels: input channels; ``None`` reads them from the model's first convolution.
+        eval_batch_size: images per forward pass when evaluating.
+        evaluate_test: evaluate the best weights on the test split at the end.
+    """
+
+    lr: float = 5e-4
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int = 8
+    epochs: int = 20
+    image_size: int = 512
+    patience: int = 5
+    cosine: bool = False
+    augment: bool = True
+    exterior_exclusion: bool = False
+    balanced: bool = True
+    seed: int = 0
+    device: str = "auto"
+    channels: int | None = None
+    eval_batch_size: int = 64
+    evaluate_test: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("cosine", "augment", "exterior_exclusion", "balanced", "evaluate_test"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("lr", "momentum", "weight_decay"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
+        ints = ("batch_size", "epochs", "image_size", "patience", "seed", "eval_batch_size")
+        for name in ints:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"{name} must be an integer, got {v!r}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be non-negative, got {self.weight_decay}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be at least 2 (batch norm), got {self.batch_size}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if self.image_size < 32 or self.image_size % 32:
+            raise ValueError(f"image_size must be a multiple of 32 of at least 32, got {self.image_size}")
+        if self.patience < 0:
+            raise ValueError(f"patience must be 0 (off) or positive, got {self.patience}")
+        if self.eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be at least 1, got {self.eval_batch_size}")
+        if self.channels is not None and self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1, 3 or null (from the model), got {self.channels!r}")
+        _parse_device(self.device)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """A config from a dict of some of its fields; an unknown key is a ``ValueError``."""
+        known = [f.name for f in fields(cls)]
+        for key in d:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(known)})"
+                raise ValueError(f"unknown training setting {key!r}{hint}")
+        values = dict(d)
+        for name in ("lr", "momentum", "weight_decay"):  # YAML reads 1e-4 as a string
+            if isinstance(values.get(name), str):
+                try:
+                    values[name] = float(values[name])
+                except ValueError:
+                    raise ValueError(f"{name} must be a finite number, got {values[name]!r}") from None
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """The outcome of ``train``.
+
+    Attributes:
+        status: ``"ok"`` or ``"failed"`` (a NaN or infinite loss).
+        reason: why it failed or stopped early ("" for a full, normal run).
+        best_epoch: the epoch of the best validation accuracy (0 if none was validated).
+        epochs_run: epochs completed.
+        history: one dict per epoch: epoch, train_loss, train_accuracy, val_accuracy, lr, seconds.
+        val: metrics of the best epoch on the validation split (None if none was validated).
+        test: metrics of the best weights on the test split (None if not evaluated or failed).
+        state_dict: the best weights, as CPU tensors (empty if none was validated).
+        wall_time_s: seconds the whole call took, decoding included.
+        config: the settings used.
+    """
+
+    status: str
+    reason: str
+    best_epoch: int
+    epochs_run: int
+    history: list[dict[str, Any]]
+    val: EvalResult | None
+    test: EvalResult | None
+    state_dict: dict[str, torch.Tensor] = field(repr=False)
+    wall_time_s: float
+    config: TrainConfig
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the weights, JSON-safe."""
+        return {
+            "status": self.status,
+            "reason": self.reason,
+            "best_epoch": self.best_epoch,
+            "epochs_run": self.epochs_run,
+            "history": [dict(h) for h in self.history],
+            "val": self.val.to_dict() if self.val else None,
+            "test": self.test.to_dict() if self.test else None,
+            "wall_time_s": self.wall_time_s,
+            "config": self.config.to_dict(),
+        }
+
+
+def _parse_device(device: str) -> torch.device | None:
+    """The device ``device`` names (None for "auto"); ``ValueError`` for anything else."""
+    if device == "auto":
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+    return dev
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """The torch device for ``device``: "auto" is CUDA when available, then MPS, then the CPU.
+
+    Raises:
+        ValueError: an unknown name, or a CUDA/MPS device that is not available here.
+    """
+    if isinstance(device, torch.device):
+        return device
+    dev = _parse_device(device)
+    if dev is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but CUDA is not available here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r} asked for, but only {torch.cuda.device_count()} GPUs are here")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r} asked for, but MPS is not available here")
+    return dev
+
+
+def input_channels(model: nn.Module) -> int:
+    """Input channels ``model`` expects: its spec's, else its first convolution's, else 3."""
+    spec = getattr(model, "spec", None)
+    stem = getattr(spec, "stem", None)
+    if stem is not None and getattr(stem, "in_channels", None) in (1, 3):
+        return int(stem.in_channels)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return int(m.in_channels)
+    return 3
+
+
+class _Progress:
+    """A rich progress display on stderr (epoch bar with loss, validation accuracy and ETA)."""
+
+    def __init__(self, enabled: bool, epochs: int) -> None:
+        self.enabled, self.epochs = enabled, epochs
+        self.bar: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}  val {task.fields[val]}"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self.bar.__enter__()
+            self.run = self.bar.add_task("run", total=self.epochs, loss="-", val="-")
+            self.epoch = self.bar.add_task("epoch", total=1, loss="-", val="-")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def start_epoch(self, epoch: int, steps: int) -> None:
+        if self.bar is not None:
+            self.bar.reset(self.epoch, total=steps, description=f"epoch {epoch}/{self.epochs}")
+
+    def step(self, done: int, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.update(self.epoch, completed=done, loss=f"{loss:.4f}")
+            self.bar.update(self.run, loss=f"{loss:.4f}")
+
+    def end_epoch(self, row: dict[str, Any]) -> None:
+        if self.bar is not None:
+            val = f"{row['val_accuracy']:.1f} %"
+            self.bar.update(self.run, advance=1, val=val)
+            self.bar.update(self.epoch, val=val)
+            self.bar.console.print(
+                f"epoch {row['epoch']}/{self.epochs}: loss {row['train_loss']:.4f}, "
+                f"train {row['train_accuracy']:.1f} %, val {val}, lr {row['lr']:.3g}, "
+                f"{row['seconds']:.1f} s"
+            )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch's global generators (model initialisation, dropout)."""
+    torch.manual_seed(seed)
+
+
+def train(
+    model: nn.Module,
+    dataset: CTDataset,
+    config: TrainConfig | None = None,
+    *,
+    on_epoch: EpochCallback | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` on ``dataset``'s train split, validating after every epoch.
+
+    The model ends on the configured device holding the weights of the best validation epoch.
+
+    Args:
+        model: a classifier over ``CLASS_NAMES`` (three outputs).
+        dataset: the data (train and val splits, and test for the final evaluation).
+        config: the settings (default ``TrainConfig()``, the paper's).
+        on_epoch: called as ``on_epoch(epoch, val_accuracy_pct, history_row)`` after each
+            epoch's validation; whatever it raises propagates unchanged.
+        cache_dir: the decoded-image cache folder (default: ``evaluators.cache.default_cache_dir()``).
+        progress: show a progress bar on stderr.
+
+    Returns:
+        A ``TrainResult``; a NaN or infinite loss gives ``status == "failed"`` and its ``reason``.
+    """
+    cfg = config or TrainConfig()
+    started = time.perf_counter()
+    dev = resolve_device(cfg.device)
+    channels = cfg.channels or input_channels(model)
+    seed_everything(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    size = cfg.image_size
+    train_arr = load_arrays(dataset, "train", size, channels, cache_dir, progress=progress)
+    val_arr = load_arrays(dataset, "val", size, channels, cache_dir, progress=progress)
+    model.to(dev)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs) if cfg.cosine else None
+    check_every = 1 if dev.type == "cpu" else 20  # .item() syncs a GPU: look at the loss less often
+
+    history: list[dict[str, Any]] = []
+    best_acc, best_epoch, stale = -1.0, 0, 0
+    best_state: dict[str, torch.Tensor] = {}
+    best_pred: torch.Tensor | None = None
+    status, reason = "ok", ""
+    with _Progress(progress, cfg.epochs) as bar:
+        for epoch in range(1, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            model.train()
+            batches = epoch_batches(train_arr.labels, cfg.batch_size, cfg.balanced, gen)
+            bar.start_epoch(epoch, len(batches))
+            lr = float(opt.param_groups[0]["lr"])
+            loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+            correct = torch.zeros((), dtype=torch.long, device=dev)
+            seen = 0
+            for step, idx in enumerate(batches, start=1):
+                x = make_batch(
+                    train_arr,
+                    idx,
+                    channels=channels,
+                    device=dev,
+                    augment=cfg.augment,
+                    exterior_exclusion=cfg.exterior_exclusion,
+                    generator=gen,
+                )
+                y = train_arr.labels[idx].to(dev, non_blocking=True)
+                logits = model(x)
+                if step == 1 and epoch == 1 and (logits.ndim != 2 or logits.shape[1] != len(CLASS_NAMES)):
+                    raise ValueError(
+                        f"the model must output {len(CLASS_NAMES)} class scores per image, "
+                        f"got shape {tuple(logits.shape)}"
+                    )
+                loss = F.cross_entropy(logits, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += loss.detach() * idx.numel()
+                correct += (logits.detach().argmax(1) == y).sum()
+                seen += idx.numel()
+                if step % check_every == 0 or step == len(batches):
+                    running = float(loss_sum) / seen
+                    if not math.isfinite(running):
+                        status = "failed"
+                        reason = (
+                            f"the training loss became {running} at epoch {epoch}, step {step} "
+                            f"(lr {lr:g}); training stopped"
+                        )
+                        break
+                    bar.step(step, running)
+            if status == "failed":
+                break
+            pred = predict(model, val_arr.images, channels, cfg.eval_batch_size, dev)
+            val_acc = 100.0 * float((pred == val_arr.labels).double().mean())
+            if sched is not None:
+                sched.step()
+            row = {
+                "epoch": epoch,
+                "train_loss": float(loss_sum) / seen,
+                "train_accuracy": 100.0 * int(correct) / seen,
+                "val_accuracy": val_acc,
+                "lr": lr,
+                "seconds": time.perf_counter() - t0,
+            }
+            history.append(row)
+            if val_acc > best_acc:
+                best_acc, best_epoch, stale, best_pred = val_acc, epoch, 0, pred
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            else:
+                stale += 1
+            bar.end_epoch(row)
+            if on_epoch is not None:
+                on_epoch(epoch, val_acc, dict(row))
+            if cfg.patience and stale >= cfg.patience and epoch < cfg.epochs:
+                reason = (
+                    f"early stop after epoch {epoch}: no better validation accuracy for "
+                    f"{cfg.patience} epochs (best {best_acc:.2f} % at epoch {best_epoch})"
+                )
+                break
+
+    if best_state:
+        model.load_state_dict(best_state)
+    val = test = None
+    if best_pred is not None:
+        val = compute_metrics(val_arr.labels, best_pred, len(CLASS_NAMES), val_arr.sources, cfg.seed)
+    if status == "ok" and cfg.evaluate_test and "test" in dataset.splits:
+        test_arr = load_arrays(dataset, "test", size, channels, cache_dir, progress=progress)
+        pred = predict(model, test_arr.images, channels, cfg.eval_batch_size, dev)
+        test = compute_metrics(test_arr.labels, pred, len(CLASS_NAMES), test_arr.sources, cfg.seed)
+    return TrainResult(
+        status=status,
+        reason=reason,
+        best_epoch=best_epoch,
+        epochs_run=len(history),
+        history=history,
+        val=val,
+        test=test,
+        state_dict=best_state,
+        wall_time_s=time.perf_counter() - started,
+        config=cfg,
+    )
