@@ -23,6 +23,8 @@ COMMAND_MODULES = (
     "search.commands.run",
     "search.commands.baselines",
     "search.commands.data",
+    "search.commands.export",
+    "search.commands.predict",
 )
 
 

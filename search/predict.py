@@ -1,0 +1,104 @@
+"""Loading an exported model for inference: an ONNX file, an export folder, or ``spec.json`` with
+``weights.pt`` (run through PyTorch).
+
+``load_classifier`` returns an ``evaluators.inference.Classifier`` for ``search predict`` and
+``search evaluate --model``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from search.errors import UsageError
+
+MODEL_FILES = ("model.onnx", "spec.json", "weights.pt", "model.json")
+
+
+def _card_beside(path: Path) -> dict[str, Any]:
+    card = path.parent / "model.json"
+    if not card.is_file():
+        return {}
+    try:
+        data = json.loads(card.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def load_classifier(
+    model: str | Path,
+    weights: str | Path | None = None,
+    *,
+    image_size: int | None = None,
+    threads: int | None = None,
+    runtime: str | None = None,
+) -> Any:
+    """A classifier for an exported model.
+
+    Args:
+        model: ``model.onnx``; an export folder (its ``model.onnx``, else its ``spec.json`` and
+            ``weights.pt``); or a ``spec.json`` (an ``ArchSpec``, or ``{"baseline": name}``).
+        weights: the state dict for a ``spec.json`` (default: ``weights.pt`` beside it).
+        image_size: input side for the PyTorch path (default: the ``model.json`` beside it).
+        threads: ONNX Runtime intra-op threads.
+        runtime: ``onnxruntime`` or ``torch`` to choose within an export folder.
+    """
+    from evaluators.inference import CLASS_NAMES, onnx_classifier, torch_classifier
+
+    path = Path(model)
+    if path.is_dir():
+        if runtime != "torch" and (path / "model.onnx").is_file():
+            return onnx_classifier(path / "model.onnx", threads)
+        if (path / "spec.json").is_file():
+            path = path / "spec.json"
+        else:
+            raise UsageError(
+                f"{path}: no model.onnx or spec.json in this folder (not an export of `search export`)"
+            )
+    if not path.exists():
+        raise UsageError(f"{path}: no such model file or folder")
+    if path.suffix == ".onnx":
+        return onnx_classifier(path, threads)
+    if path.suffix != ".json":
+        raise UsageError(f"{path}: expected model.onnx, spec.json or an export folder")
+    return _torch_classifier(path, weights, image_size, torch_classifier, CLASS_NAMES)
+
+
+def _torch_classifier(
+    path: Path, weights: str | Path | None, image_size: int | None, make: Any, names: Any
+) -> Any:
+    from search.export import build_from, input_channels
+    from space import SpecError
+
+    try:
+        description = json.loads(path.read_text())
+    except ValueError as e:
+        raise UsageError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(description, dict):
+        raise UsageError(f"{path}: expected a JSON object (an ArchSpec or a baseline builder)")
+    try:
+        net = build_from(description)
+    except SpecError as e:
+        raise e.in_file(str(path)) from None
+    wpath = Path(weights) if weights else path.parent / "weights.pt"
+    if not wpath.is_file():
+        raise UsageError(f"{wpath}: no such weights file (pass --weights FILE)")
+    try:
+        state = torch.load(wpath, map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        raise UsageError(
+            f"{wpath}: does not fit the architecture of {path}: {str(e).splitlines()[0]}"
+        ) from None
+    except Exception as e:
+        raise UsageError(f"{wpath}: not a readable state dict ({e})") from None
+    card = _card_beside(path)
+    size = image_size or (card.get("input") or {}).get("image_size")
+    if not size:
+        raise UsageError(f"no model.json beside {path} says the input size; pass --image-size N")
+    class_names = (card.get("input") or {}).get("class_names") or names
+    return make(net, int(size), input_channels(net), class_names, source=f"{path} + {wpath}")
