@@ -20,6 +20,8 @@ from search.errors import RunFailed, UsageError
 
 COMMAND_MODULES = (
     "search.commands.space",
+    "search.commands.train",
+    "search.commands.evaluate",
     "search.commands.run",
     "search.commands.baselines",
     "search.commands.data",

@@ -1,0 +1,214 @@
+"""``search evaluate``: the metrics of trained weights on a split, as a table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from search.console import console, print_table
+from search.errors import UsageError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="metrics of trained weights on a data split",
+        description="Accuracy, per-class sensitivity/PPV/specificity/NPV/F1, confusion matrix and "
+        "bootstrap intervals of trained weights, overall and per data source.",
+    )
+    p.add_argument("--arch", required=True, metavar="NAME|SPEC.json", help="the spec the weights belong to")
+    p.add_argument("--weights", required=True, metavar="WEIGHTS.pt", help="a state dict (search train's)")
+    data_flags(p)
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="default test")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        help="input side (default: the image_size in metrics.json or config.yaml beside the weights)",
+    )
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default: as trained, or 64)")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--seed", type=int, help="bootstrap seed (default: the training seed, or 0)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=run_evaluate)
+
+
+def data_flags(p: argparse.ArgumentParser) -> None:
+    """``--data`` (repeatable), ``--skip-bad`` and ``--cache-dir``, shared with ``search train``."""
+    p.add_argument(
+        "--data",
+        action="append",
+        metavar="DIR",
+        help="a COVIDx-CT-format folder (or one of its train_*.txt to pick a label-file set); "
+        "repeat for several sources; default: the bundled ct-sars-mini",
+    )
+    p.add_argument(
+        "--skip-bad", action="store_true", help="skip bad label lines, listing each, instead of failing"
+    )
+    p.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="decoded-image cache (default: $COVIDNET_NAS_CACHE or ~/.cache/covidnet-nas)",
+    )
+
+
+def load_data(args: argparse.Namespace, splits: tuple[str, ...] = ("train", "val", "test")) -> Any:
+    """The dataset the flags name (the bundled one without ``--data``); skips are reported."""
+    from evaluators.data import load_dataset
+
+    dataset = load_dataset(args.data, skip_bad=args.skip_bad, splits=splits)
+    for message in dataset.skipped:
+        _warn(f"skipped {message}")
+    if dataset.skipped:
+        _warn(f"skipped {len(dataset.skipped)} bad lines in all")
+    return dataset
+
+
+def _warn(text: str) -> None:
+    from search.console import err_console
+
+    err_console().print(text, markup=False, soft_wrap=True)
+
+
+def check_size(size: int, flag: str = "--image-size") -> int:
+    if size < 32 or size % 32:
+        raise UsageError(f"{flag} must be a multiple of 32 of at least 32, got {size}")
+    return size
+
+
+def _beside(weights: Path) -> dict[str, Any]:
+    """The training settings written next to ``weights`` (metrics.json, else config.yaml)."""
+    metrics = weights.with_name("metrics.json")
+    if metrics.is_file():
+        try:
+            return dict(json.loads(metrics.read_text()).get("config") or {})
+        except (json.JSONDecodeError, AttributeError):
+            return {}
+    config = weights.with_name("config.yaml")
+    if config.is_file():
+        import yaml
+
+        try:
+            d = yaml.safe_load(config.read_text())
+        except yaml.YAMLError:
+            return {}
+        return d if isinstance(d, dict) else {}
+    return {}
+
+
+def read_weights(path: Path) -> dict[str, Any]:
+    """A state dict from ``path`` (``torch.load(weights_only=True)``); usage errors otherwise."""
+    import torch
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such weights file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        text = " ".join(str(e).split())[:200]
+        raise UsageError(f"{path}: not a state dict torch can load with weights_only=True ({text})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UsageError(f"{path}: not a state dict (a mapping of names to tensors)")
+    return state
+
+
+def load_weights(model: Any, state: dict[str, Any], path: Path, arch: str) -> None:
+    """Load ``state`` (read from ``path``) into ``model``; a usage error when it does not fit."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1].strip() if str(e).strip() else ""
+        raise UsageError(f"{path} does not fit {arch}: {first}") from None
+
+
+def fmt(v: float | None, digits: int = 1) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def fmt_ci(ci: Any) -> str:
+    return "" if not ci else f"{ci[0]:.1f}-{ci[1]:.1f}"
+
+
+def print_metrics(result: Any, title: str) -> None:
+    """Overall and per-source summary rows, then the per-class table and confusion matrix."""
+    covid = result.class_names[2] if len(result.class_names) > 2 else None
+    rows = []
+    for name, r in [("all", result), *result.per_source.items()]:
+        c = r.per_class.get(covid) if covid else None
+        rows.append(
+            [
+                name,
+                r.n,
+                fmt(r.accuracy),
+                fmt_ci(r.accuracy_ci),
+                fmt(c.sensitivity) if c else "n/a",
+                fmt_ci(r.covid_sensitivity_ci),
+                fmt(c.ppv) if c else "n/a",
+                fmt(r.macro_f1),
+            ]
+        )
+    print_table(
+        title,
+        ["source", "images", "acc %", "95% CI", "COVID sens %", "95% CI", "COVID PPV %", "macro F1 %"],
+        rows,
+    )
+    print_table(
+        "per class (all sources; n/a: undefined, e.g. a class with no images)",
+        ["class", "support", "sensitivity %", "PPV %", "specificity %", "NPV %", "F1 %"],
+        [
+            [m.name, m.support, fmt(m.sensitivity), fmt(m.ppv), fmt(m.specificity), fmt(m.npv), fmt(m.f1)]
+            for m in result.per_class.values()
+        ],
+    )
+    names = list(result.class_names)
+    print_table(
+        "confusion matrix (rows: true class, columns: predicted)",
+        ["true \\ predicted", *names],
+        [[names[i], *row] for i, row in enumerate(result.confusion_matrix)],
+    )
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from evaluators.metrics import evaluate
+    from evaluators.training import resolve_device
+    from space import build, load_spec
+
+    weights = Path(args.weights)
+    spec = load_spec(args.arch)
+    state = read_weights(weights)
+    model = build(spec, 3)
+    load_weights(model, state, weights, args.arch)
+    trained = _beside(weights)
+    size = args.image_size if args.image_size is not None else trained.get("image_size")
+    if size is None:
+        raise UsageError(f"--image-size is needed: no metrics.json or config.yaml beside {weights}")
+    check_size(int(size))
+    batch = args.batch_size if args.batch_size is not None else int(trained.get("eval_batch_size", 64))
+    if batch < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch}")
+    seed = args.seed if args.seed is not None else int(trained.get("seed", 0))
+    device = args.device or "auto"
+    try:
+        resolve_device(device)
+    except ValueError as e:
+        raise UsageError(f"--{e}") from None
+    dataset = load_data(args, splits=(args.split,))
+    result = evaluate(
+        model,
+        dataset,
+        args.split,
+        int(size),
+        batch_size=batch,
+        device=device,
+        cache_dir=args.cache_dir,
+        seed=seed,
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print_metrics(
+            result, f"{spec.name or spec.arch_id} on {args.split} ({', '.join(dataset.sources)}), {size} px"
+        )
+        console().print(f"weights {weights}   arch_id {spec.arch_id}")
+    return 0
