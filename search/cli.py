@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "search.commands.evaluate",
     "search.commands.run",
     "search.commands.baselines",
+    "search.commands.report",
     "search.commands.data",
     "search.commands.export",
     "search.commands.predict",

@@ -1,0 +1,197 @@
+"""Static pictures (PNG and SVG, matplotlib): the Pareto fronts and the search's progress."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from reports.collect import Collection
+from reports.points import AXES, Group, front_line, groups, iso_accuracy, iso_levels, unit
+from reports.progress import Progress
+
+FORMATS = ("png", "svg")
+
+
+def _pyplot():  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never a window
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"svg.hashsalt": "covidnet-nas", "font.size": 9})
+    return plt
+
+
+def _save(fig, out_dir: Path, stem: str) -> list[Path]:  # type: ignore[no-untyped-def]
+    paths = []
+    for fmt in FORMATS:
+        path = out_dir / f"{stem}.{fmt}"
+        fig.savefig(path, dpi=150, bbox_inches="tight", metadata={"Date": None} if fmt == "svg" else None)
+        paths.append(path)
+    return paths
+
+
+def pareto_plot(
+    collection: Collection, pareto_rows: pd.DataFrame, axis: str, out_dir: Path, stem: str
+) -> list[Path]:
+    """Validation accuracy against ``axis`` (``"macs"`` or ``"params"``), log scale.
+
+    Every trial is a point (groups from ``reports.points``); over-budget candidates, never trained,
+    sit on the bottom edge; the 2-D non-dominated front of the searched candidates is a step line;
+    baselines, CT L and pruned models are labelled; on the MACs plot, NetScore iso-lines at the
+    median params of the measured models.
+    """
+    plt = _pyplot()
+    from matplotlib.ticker import FuncFormatter
+    from matplotlib.transforms import blended_transform_factory
+
+    fig, ax = plt.subplots(figsize=(9.0, 5.0))
+    all_groups = groups(collection, pareto_rows)
+    measured = collection.frame[collection.frame["measured"]]
+    accs = measured["val_accuracy"].to_numpy(dtype=float)
+    finite = [g.y[np.isfinite(g.y)] for g in all_groups]
+    ys = np.concatenate([accs, *finite]) if len(accs) or finite else np.array([50.0])
+    y_lo = max(0.0, float(np.nanmin(ys)) - 5.0)
+    y_hi = min(101.0, float(np.nanmax(ys)) + 3.0)
+    xs_all = np.concatenate([g.rows[axis].to_numpy(dtype=float) for g in all_groups])
+    scale, unit_name = unit(axis, list(xs_all))
+
+    cands = collection.candidates
+    if len(cands):
+        fx, fy = front_line(cands, axis)
+        fx = np.append(fx, fx[-1] * 1.5)
+        fy = np.append(fy, fy[-1])
+        ax.step(
+            fx / scale,
+            fy,
+            where="post",
+            color="#1f4e8c",
+            lw=1.4,
+            alpha=0.8,
+            zorder=2,
+            label="front of the searched candidates (this plane)",
+        )
+
+    if axis == "macs" and len(measured):
+        _iso_lines(ax, measured, y_lo, y_hi, scale)
+
+    bottom = blended_transform_factory(ax.transData, ax.transAxes)
+    for g in all_groups:
+        x = g.rows[axis].to_numpy(dtype=float) / scale
+        drawn_on_edge = ~np.isfinite(g.y)
+        kw = {"marker": g.marker, "s": g.size, "zorder": 4, "label": g.name}
+        if g.marker == "x":
+            kw.update(color=g.color, linewidths=1.0)
+        elif g.filled:
+            kw.update(color=g.color, edgecolors="black" if g.key == "pareto" else "none", linewidths=0.6)
+        else:
+            kw.update(facecolors="none", edgecolors=g.color, linewidths=1.0)
+        if drawn_on_edge.all():
+            ax.scatter(x, np.full(len(x), 0.015), transform=bottom, clip_on=False, **kw)
+        else:
+            ax.scatter(x[~drawn_on_edge], g.y[~drawn_on_edge], **kw)
+            if drawn_on_edge.any():
+                kw.pop("label")
+                ax.scatter(
+                    x[drawn_on_edge],
+                    np.full(int(drawn_on_edge.sum()), 0.015),
+                    transform=bottom,
+                    clip_on=False,
+                    **kw,
+                )
+        if g.labelled:
+            for xi, yi, label in zip(x, g.y, g.rows["label"]):
+                if np.isfinite(yi):
+                    ax.annotate(
+                        str(label),
+                        (xi, yi),
+                        xytext=(5, 4),
+                        textcoords="offset points",
+                        fontsize=7,
+                        color=g.color,
+                        zorder=5,
+                    )
+
+    size = _complexity_size(collection)
+    ax.set_xscale("log")
+    ax.set_xlim(xs_all.min() / scale / 1.6, xs_all.max() / scale * 1.6)
+    ticks = FuncFormatter(
+        lambda v, _: f"{v:g}" if round(v / 10 ** np.floor(np.log10(v)), 6) in (1, 2, 5) else ""
+    )
+    ax.xaxis.set_major_formatter(ticks)
+    ax.xaxis.set_minor_formatter(ticks)
+    ax.set_ylim(y_lo, y_hi)
+    where = f"at {size}x{size}x3, 3 classes" if axis == "macs" else "3-class head"
+    ax.set_xlabel(f"{AXES[axis]} ({unit_name}) {where} (log scale)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(f"{collection.study}: validation accuracy against {AXES[axis]}")
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    paths = _save(fig, out_dir, stem)
+    plt.close(fig)
+    return paths
+
+
+def _iso_lines(ax, measured: pd.DataFrame, y_lo: float, y_hi: float, scale: float) -> None:  # type: ignore[no-untyped-def]
+    params = float(np.median(measured["params"].to_numpy(dtype=float)))
+    macs = measured["macs"].to_numpy(dtype=float)
+    grid = np.geomspace(macs.min() / 4, macs.max() * 4, 200)
+    scores = measured["netscore"].to_numpy(dtype=float)
+    first = True
+    for level in iso_levels(scores):
+        acc = iso_accuracy(level, params, grid)
+        inside = (acc >= y_lo) & (acc <= y_hi)
+        if not inside.any():
+            continue
+        label = f"NetScore iso-lines (at median params {params / 1e6:.3f} M)" if first else None
+        ax.plot(grid[inside] / scale, acc[inside], ls=":", color="#757575", lw=0.9, zorder=1, label=label)
+        k = np.flatnonzero(inside)[-1]
+        ax.annotate(
+            f"NS {level:g}",
+            (grid[k] / scale, acc[k]),
+            fontsize=6.5,
+            color="#616161",
+            xytext=(4, -10),
+            textcoords="offset points",
+        )
+        first = False
+
+
+def _complexity_size(collection: Collection) -> str:
+    sizes = collection.frame["complexity_size"].dropna().unique()
+    return str(int(sizes[0])) if len(sizes) == 1 else "/".join(str(int(s)) for s in sorted(sizes)) or "?"
+
+
+def progress_plot(prog: Progress, out_dir: Path, stem: str = "progress") -> list[Path]:
+    """Hypervolume and best NetScore against trial number and against wall time (2 x 2)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(9.0, 6.0), sharey="row")
+    for col, (frame, x, xlabel) in enumerate(
+        [
+            (prog.by_number, "number", "trial number"),
+            (prog.by_time, "elapsed_s", "wall time since the first trial (min)"),
+        ]
+    ):
+        xs = frame[x].to_numpy(dtype=float) / (60.0 if x == "elapsed_s" else 1.0)
+        for row, (key, ylabel) in enumerate(
+            [("hypervolume", "hypervolume"), ("best_netscore", "best NetScore")]
+        ):
+            ax = axes[row][col]
+            ys = frame[key].to_numpy(dtype=float)
+            if len(xs):
+                ax.step(xs, ys, where="post", color="#1f4e8c", lw=1.4)
+                ax.plot(xs, ys, "o", ms=3, color="#1f4e8c")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.grid(True, alpha=0.25)
+    fig.suptitle("search progress (finished trials)", fontsize=10)
+    fig.text(0.5, -0.02, prog.caption(), ha="center", fontsize=7, wrap=True)
+    fig.tight_layout()
+    paths = _save(fig, out_dir, stem)
+    plt.close(fig)
+    return paths
+
+
+__all__ = ["Group", "pareto_plot", "progress_plot"]

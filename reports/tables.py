@@ -1,0 +1,286 @@
+"""Tables in the shape of the COVID-Net CT-2 paper's Tables 3-5, and the trade-off table.
+
+Each table is written three ways: Markdown (``.md``), CSV (``.csv``, numbers unformatted, an
+interval as two columns) and an HTML fragment (``.html``) that ``index.html`` includes. An undefined
+value is "n/a" in all three (pandas reads "n/a" back as NaN).
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from reports.metrics import CLASS_NAMES, COVID, MetricsView
+from reports.pareto import dominates, pareto_indices
+from reports.points import unit
+
+NA = "n/a"
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column: ``fmt`` is text, int, pct, mega (count/1e6), giga (count/1e9), score, times,
+    delta (signed percentage points) or ci (a ``(value, (low, high) | None)`` pair)."""
+
+    key: str
+    header: str
+    fmt: str = "text"
+
+
+@dataclass
+class Table:
+    name: str
+    title: str
+    note: str
+    columns: list[Column]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    # ----------------------------------------------------------------- cells
+    def cell(self, row: dict[str, Any], col: Column) -> str:
+        v = row.get(col.key)
+        if col.fmt == "ci":
+            value, ci = v if isinstance(v, tuple) else (v, None)
+            text = _fmt(value, "pct")
+            return f"{text} [{ci[0]:.1f}, {ci[1]:.1f}]" if ci is not None and text != NA else text
+        return _fmt(v, col.fmt)
+
+    def to_markdown(self) -> str:
+        head = [c.header for c in self.columns]
+        align = ["---" if c.fmt == "text" else "---:" for c in self.columns]
+        lines = [f"**{self.title}**", "", _md_row(head), _md_row(align)]
+        lines += [_md_row([self.cell(r, c) for c in self.columns]) for r in self.rows]
+        if self.note:
+            lines += ["", self.note]
+        return "\n".join(lines) + "\n"
+
+    def to_html(self) -> str:
+        e = html.escape
+        out = [
+            f'<table class="data" id="{e(self.name)}">',
+            f"<caption>{e(self.title)}</caption>",
+            "<thead><tr>",
+        ]
+        out += [f"<th>{e(c.header)}</th>" for c in self.columns]
+        out.append("</tr></thead><tbody>")
+        for r in self.rows:
+            cells = []
+            for c in self.columns:
+                text = self.cell(r, c)
+                cls = "num" if c.fmt != "text" else "txt"
+                cls += " na" if text == NA else ""
+                cells.append(f'<td class="{cls}">{e(text)}</td>')
+            out.append("<tr>" + "".join(cells) + "</tr>")
+        out.append("</tbody></table>")
+        if self.note:
+            out.append(f'<p class="note">{e(self.note)}</p>')
+        return "\n".join(out) + "\n"
+
+    def csv_frame(self) -> pd.DataFrame:
+        data: dict[str, list[Any]] = {}
+        for c in self.columns:
+            if c.fmt == "ci":
+                vals, lows, highs = [], [], []
+                for r in self.rows:
+                    v = r.get(c.key)
+                    value, ci = v if isinstance(v, tuple) else (v, None)
+                    vals.append(_raw(value, "pct"))
+                    lows.append(round(ci[0], 6) if ci else NA)
+                    highs.append(round(ci[1], 6) if ci else NA)
+                data[c.header] = vals
+                data[f"{c.header} 95% CI low"] = lows
+                data[f"{c.header} 95% CI high"] = highs
+            else:
+                data[c.header] = [_raw(r.get(c.key), c.fmt) for r in self.rows]
+        return pd.DataFrame(data)
+
+    def write(self, out_dir: Path) -> list[Path]:
+        paths = [out_dir / f"{self.name}.{ext}" for ext in ("md", "csv", "html")]
+        paths[0].write_text(self.to_markdown(), encoding="utf-8")
+        self.csv_frame().to_csv(paths[1], index=False)
+        paths[2].write_text(self.to_html(), encoding="utf-8")
+        return paths
+
+
+def _md_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and not np.isfinite(v)) or v is pd.NA
+
+
+def _fmt(v: Any, fmt: str) -> str:
+    if _missing(v):
+        return NA
+    if fmt == "text":
+        return str(v)
+    v = float(v)
+    if fmt == "int":
+        return f"{int(v)}"
+    if fmt in ("mega", "giga"):
+        x = v / (1e6 if fmt == "mega" else 1e9)
+        return f"{x:.3f}" if x >= 0.01 else f"{x:.2e}"
+    if fmt == "times":
+        return f"{v:.2f}x"
+    if fmt == "delta":
+        return f"{v:+.1f}"
+    return f"{v:.1f}"  # pct, score
+
+
+def _raw(v: Any, fmt: str) -> Any:
+    if _missing(v):
+        return NA
+    if fmt == "text":
+        return str(v)
+    if fmt == "int":
+        return int(v)
+    if fmt == "mega":
+        return round(float(v) / 1e6, 6)
+    if fmt == "giga":
+        return round(float(v) / 1e9, 6)
+    return round(float(v), 6)
+
+
+# ----------------------------------------------------------------------------- the tables
+def _model_columns() -> list[Column]:
+    return [Column("label", "model"), Column("role", "role")]
+
+
+def table3(rows: pd.DataFrame, size: str) -> Table:
+    """Complexity, accuracy and NetScore (the paper's Table 3).
+
+    MACs and FLOPs are in G, or in M when every model is under 0.1 G (small complexity sizes).
+    """
+    _, macs_unit = unit("macs", list(rows["macs"]))
+    macs_fmt = "giga" if macs_unit == "G" else "mega"
+    t = Table(
+        "table3",
+        "Table 3: complexity, accuracy and NetScore",
+        f"Params, MACs and FLOPs (= 2 x MACs) at {size}x{size}x3 with 3 classes. Trial: the number in "
+        "its study (baselines: in the study's ':baselines' companion). NetScore from the "
+        "validation accuracy (the search objective) and from the test accuracy; test accuracy with its "
+        "95 % bootstrap interval.",
+        [
+            *_model_columns(),
+            Column("number", "trial", "int"),
+            Column("arch_id", "arch_id"),
+            Column("params", "params (M)", "mega"),
+            Column("macs", f"MACs ({macs_unit})", macs_fmt),
+            Column("flops", f"FLOPs ({macs_unit})", macs_fmt),
+            Column("val_accuracy", "val accuracy (%)", "pct"),
+            Column("test", "test accuracy (%)", "ci"),
+            Column("netscore", "NetScore", "score"),
+            Column("netscore_test", "NetScore (test)", "score"),
+        ],
+    )
+    for _, r in rows.iterrows():
+        view: MetricsView | None = r["test_view"]
+        t.rows.append(
+            {
+                **_base(r),
+                "number": r["number"],
+                "arch_id": r["arch_id"],
+                "params": r["params"],
+                "macs": r["macs"],
+                "flops": r["flops"],
+                "val_accuracy": r["val_accuracy"],
+                "test": (view.accuracy, view.accuracy_ci) if view else (None, None),
+                "netscore": r["netscore"],
+                "netscore_test": r["netscore_test"],
+            }
+        )
+    return t
+
+
+def _base(r: pd.Series) -> dict[str, Any]:
+    return {"label": r["label"], "role": r["role"]}
+
+
+def per_class_table(rows: pd.DataFrame, split: str, which: tuple[str, str], number: int) -> Table:
+    """Per-class metrics (Table 4: sensitivity and PPV; Table 5: specificity and NPV)."""
+    names = {"sensitivity": "sensitivity", "ppv": "PPV", "specificity": "specificity", "npv": "NPV"}
+    cols = _model_columns()
+    for metric in which:
+        for cls in CLASS_NAMES:
+            fmt = "ci" if (metric == "sensitivity" and cls == COVID) else "pct"
+            cols.append(Column(f"{metric}:{cls}", f"{names[metric]} {cls} (%)", fmt))
+    title = " and ".join(names[m] for m in which)
+    t = Table(
+        f"table{number}",
+        f"Table {number}: per-class {title} on the {split} split",
+        "Percent, one class against the rest; n/a where undefined (a class with no images, or never "
+        "predicted)."
+        + (" COVID-19 sensitivity with its 95 % bootstrap interval." if "sensitivity" in which else ""),
+        cols,
+    )
+    for _, r in rows.iterrows():
+        view: MetricsView | None = r[f"{split}_view"]
+        row = _base(r)
+        for metric in which:
+            for cls in CLASS_NAMES:
+                value = getattr(view.cls(cls), metric) if view else None
+                if metric == "sensitivity" and cls == COVID:
+                    row[f"{metric}:{cls}"] = (value, view.covid_sensitivity_ci if view else None)
+                else:
+                    row[f"{metric}:{cls}"] = value
+        t.rows.append(row)
+    return t
+
+
+def tradeoff_table(baselines: pd.DataFrame, candidates: pd.DataFrame) -> Table:
+    """For each baseline, the found candidates that dominate it (the non-dominated ones among them)."""
+    t = Table(
+        "tradeoff",
+        "Trade-off: found candidates that dominate each baseline",
+        "A candidate dominates a baseline when its validation accuracy is no lower and its params and "
+        "MACs no higher (one strictly). Listed: the dominating candidates not dominated by another one; "
+        "'of all' counts every dominating candidate. x fewer = baseline / candidate.",
+        [
+            Column("baseline", "baseline"),
+            Column("baseline_acc", "baseline val accuracy (%)", "pct"),
+            Column("candidate", "dominated by"),
+            Column("arch_id", "arch_id"),
+            Column("acc", "val accuracy (%)", "pct"),
+            Column("delta", "accuracy difference (pp)", "delta"),
+            Column("macs_x", "MACs: x fewer", "times"),
+            Column("params_x", "params: x fewer", "times"),
+            Column("count", "of all", "int"),
+        ],
+    )
+    pts = [(float(c["val_accuracy"]), float(c["params"]), float(c["macs"])) for _, c in candidates.iterrows()]
+    for _, b in baselines.sort_values("macs").iterrows():
+        bp = (float(b["val_accuracy"]), float(b["params"]), float(b["macs"]))
+        doms = [i for i, p in enumerate(pts) if dominates(p, bp)]
+        head = {"baseline": b["label"], "baseline_acc": bp[0], "count": len(doms)}
+        if not doms:
+            t.rows.append({**head, "candidate": "none"})
+            continue
+        best = [doms[i] for i in pareto_indices([pts[i] for i in doms])]
+        for i in sorted(best, key=lambda i: pts[i][2]):
+            c = candidates.iloc[i]
+            t.rows.append(
+                {
+                    **head,
+                    "candidate": c["label"],
+                    "arch_id": c["arch_id"],
+                    "acc": pts[i][0],
+                    "delta": pts[i][0] - bp[0],
+                    "macs_x": bp[2] / pts[i][2],
+                    "params_x": bp[1] / pts[i][1],
+                }
+            )
+    return t
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    """The search in numbers: trial counts, compute time, hypervolume, best NetScore."""
+    t = Table("summary", "Search summary", "", [Column("what", "what"), Column("value", "value")])
+    for k, v in summary.items():
+        t.rows.append({"what": k, "value": v})
+    return t
