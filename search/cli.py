@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "search.commands.data",
     "search.commands.export",
     "search.commands.predict",
+    "search.commands.prune",
 )
 
 
