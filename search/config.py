@@ -63,6 +63,7 @@ class RunConfig:
     # distributed workers
     heartbeat: int = 30
     max_retry: int = 2
+    max_failures: int = 3
 
     def __post_init__(self) -> None:
         if isinstance(self.data, (list, str)):
@@ -75,6 +76,7 @@ class RunConfig:
         _positive("prune_warmup", self.prune_warmup)
         _positive("heartbeat", self.heartbeat)
         _positive("max_retry", self.max_retry, low=0)
+        _positive("max_failures", self.max_failures)
         for name in ("image_size", "complexity_size"):
             v = getattr(self, name)
             _positive(name, v, low=32)

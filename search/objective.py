@@ -30,7 +30,7 @@ def train_config_for(config: RunConfig) -> Any:
         lr=config.lr,
         momentum=config.momentum,
         weight_decay=config.weight_decay,
-        patience=config.patience,
+        patience=config.patience or 0,
         cosine=config.cosine,
         augment=config.augment,
         exterior_exclusion=config.exterior_exclusion,
@@ -93,7 +93,7 @@ class TrainingEvaluator:
         result = train(
             model, self.dataset, self.train_config, on_epoch=hook, cache_dir=self.cache_dir, progress=False
         )
-        if result.status != "complete":
+        if not result.ok:
             raise RunFailed(f"training {result.status}: {result.reason}")
         weights = Path(self._tmp.name) / f"{tag}.pt"
         torch.save(result.state_dict, weights)

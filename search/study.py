@@ -383,7 +383,13 @@ class SearchDriver:
         )
 
     def run(self) -> list[TrialReport]:
-        """Run trials until the study's budget is used; returns this worker's finished trials."""
+        """Run trials until the study's budget is used; returns this worker's finished trials.
+
+        Failed trials do not use the budget (their parameters may be retried), so a worker whose
+        trials keep failing would never stop: after ``max_failures`` failures in a row it raises
+        ``RunFailed`` with the last reason.
+        """
+        failures = 0
         while True:
             trial = self._next_trial()
             if trial is None:
@@ -392,6 +398,12 @@ class SearchDriver:
             self.finished.append(report)
             if self.on_trial is not None:
                 self.on_trial(report)
+            failures = failures + 1 if report.state == "FAIL" else 0
+            if failures >= self.config.max_failures:
+                raise RunFailed(
+                    f"{failures} trials in a row failed (last, trial {report.number}: "
+                    f"{report.attrs.get('fail_reason', 'no reason recorded')}); completed trials are kept"
+                )
 
     # -------------------------------------------------------------- summaries
     def best_netscore(self) -> float | None:

@@ -45,6 +45,7 @@ HELP = {
     "skip_bad": "skip (and list) bad label lines instead of stopping",
     "heartbeat": "seconds between heartbeats of a running trial (a silent one is failed and retried)",
     "max_retry": "retries of a trial whose worker died",
+    "max_failures": "stop this worker after this many failed trials in a row",
 }
 
 

@@ -127,3 +127,20 @@ def test_objective_mismatch_on_resume_is_a_usage_error(tmp_path: Any) -> None:
     SearchDriver(_config(tmp_path, trials=1), ToyEvaluator()).run()
     with pytest.raises(UsageError, match="was created with --objective pareto"):
         SearchDriver(_config(tmp_path, trials=1, objective="netscore"), ToyEvaluator())
+
+
+def test_a_worker_whose_trials_keep_failing_stops_with_the_reason(tmp_path: Any) -> None:
+    from search.errors import RunFailed
+
+    class Broken:
+        calls = 0
+
+        def __call__(self, spec: ArchSpec, on_epoch: Callable[[int, float], None]) -> CandidateOutcome:
+            Broken.calls += 1
+            raise RunFailed("training failed: loss is nan")
+
+    driver = SearchDriver(_config(tmp_path, trials=10, max_failures=3), Broken())
+    with pytest.raises(RunFailed, match=r"3 trials in a row failed .*loss is nan"):
+        driver.run()
+    assert Broken.calls == 3
+    assert [t.state.name for t in driver.study.trials] == ["FAIL"] * 3
