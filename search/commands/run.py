@@ -142,7 +142,7 @@ class _Display:
         )
 
     def trial_done(self, line: str, finished: int, best: float | None, pareto: int) -> None:
-        self.progress.console.print(line)
+        self.progress.console.print(line, soft_wrap=True)
         best_text = f"{best:.1f}" if best is not None else "-"
         self.progress.update(
             self.trials,
@@ -197,7 +197,8 @@ def run_search(args: argparse.Namespace) -> int:
     verb = "created" if driver.created else "resumed"
     con.print(
         f"study {config.study!r} {verb} in {redact(config.storage_url)}; "
-        f"{len(driver.study.trials)} trials so far, budget {config.trials}"
+        f"{len(driver.study.trials)} trials so far, budget {config.trials}",
+        soft_wrap=True,
     )
 
     def on_trial(report: Any) -> None:
