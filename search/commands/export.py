@@ -195,7 +195,10 @@ RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "torch": "PyTorch eager"}
 def _print_one(r: Any) -> None:
     c = r.card
     con = console()
-    con.print(f"trial {r.number} ({r.arch_id}) -> {r.out_dir}: {', '.join(sorted(c['files']))}", markup=False)
+    con.print(
+        f"trial {r.number} ({r.arch_id}) -> {r.out_dir}: {', '.join(sorted([*c['files'], 'model.json']))}",
+        markup=False,
+    )
     parity = c.get("parity")
     if parity:
         same = "same classes" if parity["same_class"] else f"{parity['mismatched']} classes differ"

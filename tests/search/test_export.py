@@ -21,6 +21,7 @@ onnx = pytest.importorskip("onnx")
 
 BUNDLED = Path(__file__).resolve().parents[2] / "evaluators" / "bundled" / "ct-sars-mini"
 SIZE = 32
+FAST = ["--epochs", "1", "--image-size", str(SIZE), "--complexity-size", "64", "--batch-size", "16"]
 
 
 def _search(*args: str) -> subprocess.CompletedProcess[str]:
@@ -30,80 +31,14 @@ def _search(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _fill_study(out: Path, cache: Path) -> None:
-    """A study of two completed trials (CT L and CT S) as `search run` stores them: briefly trained
-    weights in the artifact store, metrics of the stored weights on val and test."""
-    from evaluators import netscore, profile
-    from evaluators.cache import load_arrays
-    from evaluators.data import load_dataset
-    from evaluators.metrics import compute_metrics, predict
-    from search.artifacts import upload_weights
-    from search.config import RunConfig
-    from search.storage import artifact_store
-    from search.study import OBJECTIVES
-    from space import build, get_reference
-
-    out.mkdir(parents=True)
-    config = RunConfig(out=str(out), study="t", image_size=SIZE, complexity_size=64, epochs=1)
-    study = optuna.create_study(
-        storage=config.storage_url, study_name="t", directions=OBJECTIVES["pareto"][1]
-    )
-    study.set_user_attr("run_config", config.to_dict())
-    study.set_user_attr("artifacts", config.artifacts_dir)
-    store = artifact_store(config.artifacts_dir)
-    data = load_dataset(None)
-    arrays = {s: load_arrays(data, s, SIZE, 3, cache) for s in ("train", "val", "test")}
-    for name in ("ct-l", "ct-s"):
-        spec = get_reference(name)
-        trial = study.ask()
-        torch.manual_seed(trial.number)
-        model = build(spec, 3)
-        opt = torch.optim.SGD(model.parameters(), lr=5e-4, momentum=0.9, weight_decay=1e-4)
-        train = arrays["train"]
-        for step in range(8):
-            idx = torch.arange(step * 16, step * 16 + 16) % len(train)
-            loss = torch.nn.functional.cross_entropy(model(train.batch(idx)), train.labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        model.eval()
-        prof = profile(model, (3, 64, 64))
-        metrics = {
-            s: compute_metrics(arrays[s].labels, predict(model, arrays[s].images), 3, arrays[s].sources, 0)
-            for s in ("val", "test")
-        }
-        weights = out / f"w{trial.number}.pt"
-        torch.save(model.state_dict(), weights)
-        acc = metrics["val"].accuracy
-        attrs = {
-            "kind": "search",
-            "spec": spec.to_dict(),
-            "arch_id": spec.arch_id,
-            "params": prof.params,
-            "macs": prof.macs,
-            "flops": prof.flops,
-            "complexity_size": 64,
-            "constraints": (0.0, 0.0),
-            "val_accuracy": acc,
-            "netscore": netscore(max(acc, 1e-3), prof.params, prof.macs),
-            "val_metrics": metrics["val"].to_dict(),
-            "test_metrics": metrics["test"].to_dict(),
-            "train_config": {"image_size": SIZE, "seed": 0, "epochs": 1},
-            "data_hash": data.split_hash,
-            "weights_artifact_id": upload_weights(store, trial, str(weights)),
-            "status": "complete",
-        }
-        for k, v in attrs.items():
-            trial.set_user_attr(k, v)
-        study.tell(trial, [acc, float(prof.params), float(prof.macs)])
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A 2-trial study exported with ``search export --pick pareto``."""
+    """A real 2-trial search (the CT L prototype and one sampled candidate, one epoch at 32 px on
+    the bundled data), exported with ``search export --pick pareto``."""
     root = tmp_path_factory.mktemp("export")
     out = root / "run"
-    _fill_study(out, root / "cache")
+    r = _search("--quiet", "run", "--trials", "2", "--out", str(out), "--study", "t", *FAST)
+    assert r.returncode == 0, r.stdout + r.stderr
     exp = root / "exp"
     r = _search(
         "export", "--run", str(out), "--study", "t", "--pick", "pareto", "--out", str(exp),
