@@ -359,3 +359,33 @@ def predict_files(
                 tuple(int(v) for v in box),  # type: ignore[arg-type]
             )
     return [p for p in out if p is not None]
+
+
+# ----------------------------------------------------------------------------- evaluating on a split
+def evaluate_classifier(
+    classifier: Classifier,
+    dataset: Any,
+    split: str,
+    *,
+    batch_size: int = 64,
+    cache_dir: Any = None,
+    seed: int = 0,
+) -> Any:
+    """The metrics of ``classifier`` on ``split`` of ``dataset``, computed as training evaluates a
+    model: the same decoded pixels (``evaluators.cache.load_arrays`` at the classifier's input
+    size), the same scaling, and ``evaluators.metrics.compute_metrics`` with the same bootstrap
+    ``seed``, so the metrics a trial stored are reproduced on the same split.
+
+    Returns:
+        An ``evaluators.metrics.EvalResult``.
+    """
+    from evaluators.cache import load_arrays, to_float
+    from evaluators.metrics import compute_metrics
+
+    arrays = load_arrays(dataset, split, classifier.image_size, classifier.channels, cache_dir)
+    preds = []
+    for start in range(0, len(arrays), batch_size):
+        x = to_float(arrays.images[start : start + batch_size], classifier.channels)
+        preds.append(classifier.logits(x.numpy()).argmax(1))
+    pred = np.concatenate(preds) if preds else np.empty(0, np.int64)
+    return compute_metrics(arrays.labels, pred, len(classifier.class_names), arrays.sources, seed)

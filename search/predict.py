@@ -18,8 +18,10 @@ from search.errors import UsageError
 MODEL_FILES = ("model.onnx", "spec.json", "weights.pt", "model.json")
 
 
-def _card_beside(path: Path) -> dict[str, Any]:
-    card = path.parent / "model.json"
+def read_card(model: str | Path) -> dict[str, Any]:
+    """The model card (``model.json``) of an export folder or beside a model file; ``{}`` if none."""
+    path = Path(model)
+    card = path / "model.json" if path.is_dir() else path.parent / "model.json"
     if not card.is_file():
         return {}
     try:
@@ -96,7 +98,7 @@ def _torch_classifier(
         ) from None
     except Exception as e:
         raise UsageError(f"{wpath}: not a readable state dict ({e})") from None
-    card = _card_beside(path)
+    card = read_card(path)
     size = image_size or (card.get("input") or {}).get("image_size")
     if not size:
         raise UsageError(f"no model.json beside {path} says the input size; pass --image-size N")

@@ -18,8 +18,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Accuracy, per-class sensitivity/PPV/specificity/NPV/F1, confusion matrix and "
         "bootstrap intervals of trained weights, overall and per data source.",
     )
-    p.add_argument("--arch", required=True, metavar="NAME|SPEC.json", help="the spec the weights belong to")
-    p.add_argument("--weights", required=True, metavar="WEIGHTS.pt", help="a state dict (search train's)")
+    p.add_argument("--arch", metavar="NAME|SPEC.json", help="the spec the weights belong to")
+    p.add_argument("--weights", metavar="WEIGHTS.pt", help="a state dict (search train's)")
+    p.add_argument(
+        "--model",
+        metavar="MODEL.onnx|DIR",
+        help="instead of --arch/--weights: an exported model (search export), model.onnx or its folder",
+    )
     data_flags(p)
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="default test")
     p.add_argument(
@@ -174,6 +179,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from evaluators.training import resolve_device
     from space import build, load_spec
 
+    if args.model:
+        if args.arch or args.weights:
+            raise UsageError("--model replaces --arch and --weights; give one or the other")
+        return _evaluate_exported(args)
+    if not (args.arch and args.weights):
+        raise UsageError("give --arch and --weights, or --model (an exported model)")
     weights = Path(args.weights)
     spec = load_spec(args.arch)
     state = read_weights(weights)
@@ -211,4 +222,34 @@ def run_evaluate(args: argparse.Namespace) -> int:
             result, f"{spec.name or spec.arch_id} on {args.split} ({', '.join(dataset.sources)}), {size} px"
         )
         console().print(f"weights {weights}   arch_id {spec.arch_id}")
+    return 0
+
+
+def _evaluate_exported(args: argparse.Namespace) -> int:
+    """``--model``: an exported model, scored on the same pixels and with the same metrics (and
+    bootstrap seed, from its model card) as training, so a trial's stored metrics are reproduced."""
+    from evaluators.inference import evaluate_classifier
+    from search.predict import load_classifier, read_card
+
+    classifier = load_classifier(args.model, image_size=args.image_size)
+    if args.image_size is not None and args.image_size != classifier.image_size:
+        raise UsageError(
+            f"--image-size {args.image_size} differs from the model's input {classifier.image_size}"
+        )
+    card = read_card(args.model)
+    seed = args.seed if args.seed is not None else int(card.get("seed") or 0)
+    batch = args.batch_size if args.batch_size is not None else 64
+    if batch < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch}")
+    dataset = load_data(args, splits=(args.split,))
+    result = evaluate_classifier(
+        classifier, dataset, args.split, batch_size=batch, cache_dir=args.cache_dir, seed=seed
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        name = card.get("name") or card.get("arch_id") or Path(args.model).name
+        sources = ", ".join(dataset.sources)
+        print_metrics(result, f"{name} on {args.split} ({sources}), {classifier.image_size} px")
+        console().print(f"model {classifier.source} ({classifier.runtime})", markup=False)
     return 0

@@ -215,3 +215,22 @@ def test_predict_names_bad_files_and_predicts_the_others(run: dict[str, Any], tm
         assert bad in r.stderr
     assert "not an image" in out[1]["error"] and "no such file" in out[2]["error"]
     assert "Traceback" not in r.stderr
+
+
+# ----------------------------------------------------------------------------- evaluate
+def test_evaluate_model_reproduces_the_stored_metrics(
+    run: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from search.cli import main
+
+    for trial, folder in _members(run):
+        for split, model in (("test", folder / "model.onnx"), ("val", folder)):
+            capsys.readouterr()
+            assert main(["evaluate", "--model", str(model), "--split", split, "--json"]) == 0
+            got = json.loads(capsys.readouterr().out)
+            assert got == trial.user_attrs[f"{split}_metrics"]  # confusion matrix, intervals, all of it
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(folder), "--arch", "ct-s"]) == 2
+    assert "--model replaces --arch" in capsys.readouterr().err
+    assert main(["evaluate", "--split", "val"]) == 2
+    assert "give --arch and --weights, or --model" in capsys.readouterr().err
