@@ -13,8 +13,6 @@ a state dict; any other baseline stores ``pruned_config`` (channel counts) and a
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import tempfile
 import time
 import warnings
@@ -291,6 +289,7 @@ def run_prune(
     """
     from evaluators import count_params, netscore, profile
     from search.prune import accumulate_gradients, input_channels, macs_of, prune_to_target, target_from
+    from search.pruned_models import stored_form
 
     size = config.complexity_size
     source = load_source(request, config, storage, evaluator)
@@ -334,7 +333,8 @@ def run_prune(
         )
         trial.set_user_attr("prune_scope", result.scope)
         trial.set_user_attr("prune_steps", [s.to_dict() for s in result.steps])
-        model, attrs, weights = _stored_form(result.model, source.baseline, Path(tmp.name))
+        weights = Path(tmp.name) / "pruned.pt"
+        model, attrs = stored_form(result.model, source.baseline, weights)
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
         images = check_images(evaluator, input_channels(model))
@@ -380,41 +380,6 @@ def run_prune(
     finally:
         tmp.cleanup()
     return PruneOutcome(frozen, study.study_name, result, checks)
-
-
-def _stored_form(
-    model: nn.Module, baseline: str | None, folder: Path
-) -> tuple[nn.Module, dict[str, Any], Path]:
-    """The network as it is stored: its rebuilt form, its attrs and its weights file."""
-    from baselines import baseline_info
-    from search.prune import input_channels
-    from search.pruned_models import as_spec, checkpoint, from_checkpoint
-
-    weights = folder / f"pruned-{time.time_ns()}.pt"
-    if getattr(model, "spec", None) is not None:
-        spec, rebuilt = as_spec(model)
-        spec = replace(spec, name=f"{spec.name}-pruned" if spec.name else "pruned")
-        rebuilt.spec = spec
-        torch.save(rebuilt.state_dict(), weights)
-        attrs: dict[str, Any] = {"spec": spec.to_dict(), "arch_id": spec.arch_id, "display_name": spec.name}
-        if baseline:
-            attrs["baseline"] = baseline
-            attrs["display_name"] = f"{baseline_info(baseline).display_name} (pruned)"
-        return rebuilt, attrs, weights
-    assert baseline is not None
-    ckpt = checkpoint(model, baseline, num_classes=3, in_chans=input_channels(model))
-    torch.save(ckpt, weights)
-    rebuilt = from_checkpoint(torch.load(weights, map_location="cpu", weights_only=True))
-    config = ckpt["config"]
-    digest = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
-    attrs = {
-        "baseline": baseline,
-        "display_name": f"{baseline_info(baseline).display_name} (pruned)",
-        "builder": {"baseline": baseline, "num_classes": 3, "in_chans": ckpt["in_chans"], "pruned": True},
-        "pruned_config": config,
-        "arch_id": f"{baseline}-p{digest}",
-    }
-    return rebuilt, attrs, weights
 
 
 def run_checks(

@@ -10,6 +10,9 @@ those counts, so its weights travel as a plain state dict in a checkpoint that
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -184,3 +187,39 @@ def model_from_weights(description: dict[str, Any], weights: Any) -> nn.Module:
         )
     _load_exact(model, weights, "the stored network")
     return model.eval()
+
+
+def stored_form(model: nn.Module, baseline: str | None, weights: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Write the pruned ``model``'s weights file to ``weights``; return the network rebuilt from
+    what is stored and the trial attrs that describe it.
+
+    A COVID-Net CT: its ``ArchSpec`` (named ``<name>-pruned``) and a state dict. Any other
+    baseline: ``pruned_config``, a ``builder`` and a checkpoint (``checkpoint``).
+    """
+    from baselines import baseline_info
+    from search.prune import input_channels
+
+    if getattr(model, "spec", None) is not None:
+        spec, rebuilt = as_spec(model)
+        spec = replace(spec, name=f"{spec.name}-pruned" if spec.name else "pruned")
+        rebuilt.spec = spec
+        torch.save(rebuilt.state_dict(), weights)
+        attrs: dict[str, Any] = {"spec": spec.to_dict(), "arch_id": spec.arch_id, "display_name": spec.name}
+        if baseline:
+            attrs["baseline"] = baseline
+            attrs["display_name"] = f"{baseline_info(baseline).display_name} (pruned)"
+        return rebuilt, attrs
+    if baseline is None:
+        raise RunFailed(f"a pruned {type(model).__name__} is neither a COVID-Net CT nor a named baseline")
+    ckpt = checkpoint(model, baseline, num_classes=3, in_chans=input_channels(model))
+    torch.save(ckpt, weights)
+    rebuilt = from_checkpoint(torch.load(weights, map_location="cpu", weights_only=True))
+    digest = hashlib.sha1(json.dumps(ckpt["config"], sort_keys=True).encode()).hexdigest()[:10]
+    attrs = {
+        "baseline": baseline,
+        "display_name": f"{baseline_info(baseline).display_name} (pruned)",
+        "builder": {"baseline": baseline, "num_classes": 3, "in_chans": ckpt["in_chans"], "pruned": True},
+        "pruned_config": ckpt["config"],
+        "arch_id": f"{baseline}-p{digest}",
+    }
+    return rebuilt, attrs
