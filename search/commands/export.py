@@ -77,6 +77,15 @@ def _open(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from evaluators.inference import MissingExtraError
+
+    try:
+        return _run_export(args)
+    except MissingExtraError as e:  # a missing optional dependency is a setup problem: one line, exit 2
+        raise UsageError(str(e)) from None
+
+
+def _run_export(args: argparse.Namespace) -> int:
     import optuna
 
     from search.export import (

@@ -39,6 +39,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from evaluators.inference import MissingExtraError
+
+    try:
+        return _run_predict(args)
+    except MissingExtraError as e:  # a missing optional dependency is a setup problem: one line, exit 2
+        raise UsageError(str(e)) from None
+
+
+def _run_predict(args: argparse.Namespace) -> int:
     from evaluators.inference import predict_files
     from search.predict import load_classifier
 

@@ -204,3 +204,26 @@ def test_export_a_trained_baseline(tmp_path: Path, capsys: pytest.CaptureFixture
     capsys.readouterr()
     assert main([*base, "--overwrite", "--baseline", "mobilenet_v2"]) == 2
     assert "trained: squeezenet1_1" in capsys.readouterr().err
+
+
+def test_a_missing_extra_names_it() -> None:
+    from evaluators.inference import MissingExtraError, require
+
+    with pytest.raises(MissingExtraError, match=r"install the \[onnx\] extra: pip install '\.\[onnx\]'"):
+        require("covidnet_nas_no_such_module")
+    assert require("numpy") is np
+
+
+def test_predict_without_onnxruntime_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    from search.cli import main
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"")
+    assert main(["predict", "--model", str(model), str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "install the [onnx] extra: pip install '.[onnx]'" in err and len(err.strip().splitlines()) == 1
