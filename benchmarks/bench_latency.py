@@ -4,7 +4,8 @@ depend on the weights).
 
 Each model is exported as ``search export`` does (``torch.onnx.export(dynamo=False)``, opset 18,
 dynamic batch axis), checked against PyTorch on one random input, then timed with
-``evaluators.latency.measure_latency`` (the same warm-up, threads and statistics as a model card).
+``evaluators.latency.measure_latency`` (the statistics of a model card), the two runtimes
+alternating call by call so that load from other processes falls on both alike.
 Prints a Markdown table and writes JSON (default: benchmarks/results/latency.json).
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_latency.py
@@ -62,7 +63,14 @@ def measure(model: nn.Module, size: int, warmup: int, repeats: int, threads: int
         torch.manual_seed(0)
         parity = check_parity(path, model, torch.rand(1, 3, size, size))
         lat = measure_latency(
-            model, path, (3, size, size), batch_sizes=(1,), warmup=warmup, repeats=repeats, threads=threads
+            model,
+            path,
+            (3, size, size),
+            batch_sizes=(1,),
+            warmup=warmup,
+            repeats=repeats,
+            threads=threads,
+            interleave=True,  # other processes' load falls on both runtimes alike
         )
     ort, eager = lat.get("onnxruntime", 1), lat.get("torch", 1)
     return {
@@ -71,7 +79,10 @@ def measure(model: nn.Module, size: int, warmup: int, repeats: int, threads: int
         "onnxruntime_p90_ms": ort.p90_ms,
         "torch_median_ms": eager.median_ms,
         "torch_p90_ms": eager.p90_ms,
+        "onnxruntime_min_ms": ort.min_ms,
+        "torch_min_ms": eager.min_ms,
         "ratio": ort.median_ms / eager.median_ms,
+        "ratio_of_minima": ort.min_ms / eager.min_ms,
         "parity_max_abs_diff": parity.max_abs_diff,
         "export_seconds": round(export_s, 2),
     }

@@ -8,6 +8,7 @@ a machine others may share, so the median is the figure to compare and the p90 s
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ class LatencyStats:
         p90_ms: 90th percentile milliseconds per call.
         mean_ms: mean milliseconds per call.
         repeats: timed calls.
+        min_ms: the fastest call (the least disturbed by other load).
     """
 
     runtime: str
@@ -38,6 +40,7 @@ class LatencyStats:
     p90_ms: float
     mean_ms: float
     repeats: int
+    min_ms: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -46,6 +49,7 @@ class LatencyStats:
             "median_ms": self.median_ms,
             "p90_ms": self.p90_ms,
             "mean_ms": self.mean_ms,
+            "min_ms": self.min_ms,
             "repeats": self.repeats,
         }
 
@@ -112,6 +116,7 @@ def summarize(runtime: str, batch_size: int, seconds: Sequence[float]) -> Latenc
         float(np.percentile(ms, 90)),
         float(ms.mean()),
         len(ms),
+        float(ms.min()),
     )
 
 
@@ -124,6 +129,7 @@ def measure_latency(
     warmup: int = 3,
     repeats: int = 20,
     threads: int | None = None,
+    interleave: bool = False,
     seed: int = 0,
 ) -> LatencyResult:
     """Time a PyTorch module (eager, eval mode, no autograd) and/or its ONNX export on CPU.
@@ -133,9 +139,12 @@ def measure_latency(
         onnx_path: the exported model (dynamic batch axis), or ``None`` to time PyTorch only.
         input_size: ``(C, H, W)`` of one image.
         batch_sizes: batch sizes to time.
-        warmup: untimed calls before timing (at least 1: first calls allocate and plan).
+        warmup: untimed calls before timing (first calls allocate and plan).
         repeats: timed calls per runtime and batch size.
         threads: intra-op threads for both runtimes; default ``torch.get_num_threads()``.
+        interleave: alternate the runtimes call by call (ONNX Runtime, PyTorch, ONNX Runtime...)
+            instead of timing one after the other, so that load from other processes on a shared
+            machine falls on both alike and their ratio stays fair.
         seed: seed of the random input.
     """
     import torch
@@ -147,28 +156,34 @@ def measure_latency(
     threads = threads or torch.get_num_threads()
     rng = np.random.default_rng(seed)
     inputs = {b: rng.random((b, *input_size), dtype=np.float32) for b in batch_sizes}
-    stats: list[LatencyStats] = []
+    calls: dict[str, Callable[[int], Any]] = {}
     if onnx_path is not None:
         from evaluators.inference import ort_session
 
         session = ort_session(onnx_path, threads)
         name = session.get_inputs()[0].name
-        for b in batch_sizes:
-            feed = {name: inputs[b]}
-            stats.append(
-                summarize(
-                    "onnxruntime", b, time_calls(lambda feed=feed: session.run(None, feed), warmup, repeats)
-                )
-            )
+        calls["onnxruntime"] = lambda b: session.run(None, {name: inputs[b]})
     if model is not None:
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
         model.eval()
-        try:
-            with torch.inference_mode():
-                for b in batch_sizes:
-                    x = torch.from_numpy(inputs[b])
-                    stats.append(summarize("torch", b, time_calls(lambda x=x: model(x), warmup, repeats)))
-        finally:
-            torch.set_num_threads(previous)
+        tensors = {b: torch.from_numpy(x) for b, x in inputs.items()}
+        calls["torch"] = lambda b: model(tensors[b])
+    times: dict[tuple[str, int], list[float]] = {}
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            for b in batch_sizes:
+                runs = {runtime: functools.partial(fn, b) for runtime, fn in calls.items()}
+                if interleave:
+                    for fn in runs.values():
+                        time_calls(fn, warmup, 0)
+                    for _ in range(repeats):
+                        for runtime, fn in runs.items():
+                            times.setdefault((runtime, b), []).extend(time_calls(fn, 0, 1))
+                else:
+                    for runtime, fn in runs.items():
+                        times[runtime, b] = time_calls(fn, warmup, repeats)
+    finally:
+        torch.set_num_threads(previous)
+    stats = [summarize(r, b, times[r, b]) for r in calls for b in batch_sizes]
     return LatencyResult(tuple(input_size), int(threads), warmup, tuple(stats))  # type: ignore[arg-type]

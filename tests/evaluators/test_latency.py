@@ -49,7 +49,7 @@ def test_torch_and_onnxruntime_at_batch_1_and_8(tmp_path: Path) -> None:
         (r, b) for r in ("onnxruntime", "torch") for b in (1, 8)
     }
     for s in result.stats:
-        assert 0 < s.median_ms <= s.p90_ms and s.repeats == 3
+        assert 0 < s.min_ms <= s.median_ms <= s.p90_ms and s.repeats == 3
     assert result.threads == 1 and result.input_size == (3, 16, 16) and result.warmup == 1
     ratio = result.ratio(8)
     assert ratio == pytest.approx(result.get("onnxruntime", 8).median_ms / result.get("torch", 8).median_ms)
@@ -74,3 +74,20 @@ def test_bad_arguments() -> None:
         measure_latency(_tiny(), None, (3, 8, 8), repeats=0)
     with pytest.raises(ValueError, match="needs a model, an ONNX file or both"):
         measure_latency(None, None, (3, 8, 8))
+
+
+def test_interleaved_runs_time_both_runtimes_alike(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from search.export import export_onnx
+
+    model = _tiny()
+    export_onnx(model, tmp_path / "m.onnx", (3, 8, 8))
+    result = measure_latency(
+        model, tmp_path / "m.onnx", (3, 8, 8), batch_sizes=(1,), warmup=1, repeats=4, interleave=True
+    )
+    assert [(s.runtime, s.batch_size, s.repeats) for s in result.stats] == [
+        ("onnxruntime", 1, 4),
+        ("torch", 1, 4),
+    ]
+    assert result.ratio(1) is not None and result.stats[0].to_dict()["min_ms"] > 0
