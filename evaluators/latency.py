@@ -63,12 +63,14 @@ class LatencyResult:
         threads: intra-op threads of both runtimes.
         warmup: untimed calls before timing, per runtime and batch size.
         stats: one entry per runtime and batch size.
+        interleaved: whether the runtimes alternated call by call.
     """
 
     input_size: tuple[int, int, int]
     threads: int
     warmup: int
     stats: tuple[LatencyStats, ...]
+    interleaved: bool = False
 
     def get(self, runtime: str, batch_size: int) -> LatencyStats:
         for s in self.stats:
@@ -90,6 +92,7 @@ class LatencyResult:
             "input_size": list(self.input_size),
             "threads": self.threads,
             "warmup": self.warmup,
+            "interleaved": self.interleaved,
             "stats": [s.to_dict() for s in self.stats],
             "onnxruntime_over_torch": {str(b): self.ratio(b) for b in batches},
         }
@@ -186,4 +189,5 @@ def measure_latency(
     finally:
         torch.set_num_threads(previous)
     stats = [summarize(r, b, times[r, b]) for r in calls for b in batch_sizes]
-    return LatencyResult(tuple(input_size), int(threads), warmup, tuple(stats))  # type: ignore[arg-type]
+    size = tuple(input_size)
+    return LatencyResult(size, int(threads), warmup, tuple(stats), interleave)  # type: ignore[arg-type]

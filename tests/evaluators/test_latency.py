@@ -91,3 +91,4 @@ def test_interleaved_runs_time_both_runtimes_alike(tmp_path: Path) -> None:
         ("torch", 1, 4),
     ]
     assert result.ratio(1) is not None and result.stats[0].to_dict()["min_ms"] > 0
+    assert result.interleaved and result.to_dict()["interleaved"] is True
