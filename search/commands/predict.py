@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from search.console import console, err_console, print_table
@@ -76,7 +77,12 @@ def _print(predictions: list[Any], classifier: Any) -> None:
         return
     names = list(classifier.class_names)
     rows = [
-        [p.file, p.class_name, *(f"{100 * p.probabilities[n]:.1f}" for n in names), ",".join(map(str, p.box))]
+        [
+            Path(p.file).name,
+            p.class_name,
+            *(f"{100 * p.probabilities[n]:.1f}" for n in names),
+            ",".join(map(str, p.box)),
+        ]
         for p in ok
     ]
     print_table(
