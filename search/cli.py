@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "search.commands.export",
     "search.commands.predict",
     "search.commands.prune",
+    "search.commands.explain",
 )
 
 
