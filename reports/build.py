@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +29,7 @@ from optuna.storages import BaseStorage
 from reports import html as html_page
 from reports import interactive
 from reports.collect import KIND_BASELINE, KIND_PRUNED, Collection, collect, trials_table
+from reports.explain_grid import ExplainEntry, explain_table
 from reports.pareto import pareto_indices
 from reports.plots import pareto_plot, progress_plot
 from reports.progress import Progress, progress
@@ -122,7 +124,13 @@ def summarise(collection: Collection, front: pd.DataFrame, prog: Progress) -> di
 
 
 def build_report(
-    storage: str | BaseStorage, study: str, out_dir: str | Path, *, split: str = "test", source: str = ""
+    storage: str | BaseStorage,
+    study: str,
+    out_dir: str | Path,
+    *,
+    split: str = "test",
+    source: str = "",
+    explain: Callable[[pd.DataFrame, Path], Sequence[ExplainEntry]] | None = None,
 ) -> Report:
     """Write the report of ``study`` into ``out_dir``.
 
@@ -132,6 +140,9 @@ def build_report(
         out_dir: the report folder (created).
         split: whose per-class metrics Tables 4-5 show: ``"test"`` or ``"val"``.
         source: where the study came from, for the page (e.g. the redacted storage URL).
+        explain: the explainability audit (``search.explain.report_explainer``): called with the
+            table rows and the report folder, it draws grids there and returns one entry per
+            audited model (best NetScore, CT L), shown as one more table. ``None``: no audit.
 
     Raises:
         reports.collect.StudyNotFound: no such study.
@@ -170,6 +181,11 @@ def build_report(
         per_class_table(rows, split, ("specificity", "npv"), 5),
         tradeoff_table(baselines, candidates),
     ]
+    if explain is not None:
+        entries = explain(rows, out)
+        if entries:
+            tables.append(explain_table(entries))
+            report.files += [out / e.grid for e in entries]
     report.tables = tables
     for t in tables:
         report.files += t.write(out)

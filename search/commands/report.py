@@ -25,6 +25,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="test",
         help="split whose per-class metrics Tables 4-5 show (default test)",
     )
+    p.add_argument(
+        "--explain",
+        type=int,
+        default=4,
+        metavar="K",
+        help="explainability audit of the best-NetScore candidate and CT L on K test images each (0: none)",
+    )
+    p.add_argument(
+        "--explain-method",
+        choices=("gradcam", "integrated-gradients"),
+        default="gradcam",
+        help="attribution method of the audit (default gradcam)",
+    )
     p.set_defaults(func=run_report)
 
 
@@ -46,12 +59,28 @@ def run_report(args: argparse.Namespace) -> int:
         raise UsageError(f"no journal file at {journal_path(url)}")
     storage = open_storage(url)
     out_dir = Path(args.report_dir) if args.report_dir else config.out_dir / "report"
+    if args.explain < 0:
+        raise UsageError(f"--explain must be at least 0, got {args.explain}")
+    explain = None
+    if args.explain:
+        from search.console import err_console
+        from search.explain import report_explainer
+
+        explain = report_explainer(
+            storage,
+            config.study,
+            n=args.explain,
+            method=args.explain_method,
+            on_skip=lambda line: err_console().print(f"search report: {line}", markup=False),
+        )
     quiet = bool(getattr(args, "quiet", False))
     con = console()
     status = con.status(f"building the report of {config.study!r}") if not quiet else contextlib.nullcontext()
     try:
         with status:
-            report = build_report(storage, config.study, out_dir, split=args.split, source=redact(url))
+            report = build_report(
+                storage, config.study, out_dir, split=args.split, source=redact(url), explain=explain
+            )
     except (StudyNotFound, NoCompletedTrials) as e:
         raise UsageError(str(e)) from None
     s = report.summary
