@@ -182,16 +182,9 @@ def pareto_prune(
 
 def pareto_front(points: Sequence[tuple[float, int, int]]) -> list[int]:
     """Indices of the non-dominated points (maximise accuracy, minimise params and MACs)."""
-    front = []
-    for i, (a, p, m) in enumerate(points):
-        dominated = any(
-            (a2 >= a and p2 <= p and m2 <= m) and (a2 > a or p2 < p or m2 < m)
-            for j, (a2, p2, m2) in enumerate(points)
-            if j != i
-        )
-        if not dominated:
-            front.append(i)
-    return front
+    from reports.pareto import pareto_indices
+
+    return pareto_indices([(float(a), float(p), float(m)) for a, p, m in points])
 
 
 # ------------------------------------------------------------------------- the driver
