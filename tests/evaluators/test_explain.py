@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from baselines import baseline_names
 from evaluators.explain import (
     METHODS,
     ExplainError,
@@ -143,3 +144,18 @@ def test_a_model_trained_without_marks_scores_higher_inside(audits: dict, method
         f"({marked.n_mostly_outside}/16 mostly outside), clean {clean.mean_share_inside:.3f} "
         f"({clean.n_mostly_outside}/16); box fraction {clean.mean_box_fraction:.3f}"
     )
+
+
+@pytest.mark.parametrize("name", baseline_names())
+def test_gradcam_runs_on_every_baselines_registered_last_stage(name: str, tmp_path: Path) -> None:
+    from baselines import create_baseline, last_conv_stage
+
+    images, labels = make_slices(1, marked=True, seed=0)
+    (path,) = write_slices(tmp_path, images, labels)
+    torch.manual_seed(0)
+    model = create_baseline(name, num_classes=3, in_chans=3)
+    (r,) = explain_images(
+        model, [ExplainInput(path.name, path, BOX)], image_size=64, layer=last_conv_stage(model, name)
+    )
+    assert r.heatmap.shape == (64, 64) and (r.heatmap >= 0).all()
+    assert r.share_inside is None or 0.0 <= r.share_inside <= 1.0
