@@ -94,10 +94,10 @@ def repair_shortcuts(tp: ModuleType, model: nn.Module, dg: Any, importance: Any)
     from space.blocks import Basic, Bottleneck
 
     for _ in range(64):  # each repair may create another further on; networks are shallow
-        bad = None
+        bad: nn.Conv2d | None = None
         for m in model.modules():
             if isinstance(m, (Bottleneck, Basic)) and isinstance(m.shortcut, nn.Sequential):
-                proj = m.shortcut[0]
+                proj: nn.Conv2d = m.shortcut[0]  # type: ignore[assignment]
                 if proj.stride == (1, 1) and proj.in_channels == proj.out_channels:
                     bad = proj
                     break

@@ -45,7 +45,10 @@ def open_pruned_study(storage: BaseStorage, study: str, artifacts: str | None = 
     """``<study>:pruned``, created on first use with the search's Pareto objectives."""
     names, directions = OBJECTIVES["pareto"]
     s = optuna.create_study(
-        storage=storage, study_name=pruned_study_name(study), directions=directions, load_if_exists=True
+        storage=storage,
+        study_name=pruned_study_name(study),
+        directions=directions,  # type: ignore[arg-type]
+        load_if_exists=True,
     )
     if "kind" not in s.user_attrs:
         with warnings.catch_warnings():
@@ -188,8 +191,9 @@ def load_source(request: PruneRequest, config: RunConfig, storage: BaseStorage, 
     info = {"arch": request.name, "val_accuracy": outcome.val_accuracy, "trained_here": True}
     if baseline:
         info["baseline"] = baseline
-    if getattr(model, "spec", None) is not None:
-        info["arch_id"] = model.spec.arch_id
+    spec = getattr(model, "spec", None)
+    if spec is not None:
+        info["arch_id"] = spec.arch_id
     return Source(model.cpu(), baseline, info)
 
 
@@ -267,6 +271,16 @@ def _history(rounds: list[Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _source_attrs(source: Source, macs: int, params: int) -> dict[str, Any]:
+    """What the pruned model came from, its complexity at the study's size and its NetScore."""
+    from evaluators import netscore
+
+    out = {**source.info, "macs": macs, "params": params}
+    if out.get("val_accuracy") is not None:
+        out["netscore"] = netscore(max(float(out["val_accuracy"]), 1e-3), params, macs)
+    return out
+
+
 def run_prune(
     request: PruneRequest,
     config: RunConfig,
@@ -306,11 +320,7 @@ def run_prune(
         "prune_ratio": 1.0 - target / before,
         "target_macs": target,
         "finetune_epochs": epochs,
-        "source": {
-            **source.info,
-            "macs": before,
-            "params": count_params(source.model),
-        },
+        "source": _source_attrs(source, before, count_params(source.model)),
         "config_key": config_key(config, evaluator.data_attrs()["data_hash"]),
         "complexity_size": size,
     }

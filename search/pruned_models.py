@@ -32,8 +32,10 @@ def as_spec(model: nn.Module) -> tuple[Any, nn.Module]:
     Raises:
         RunFailed: the pruned layers fit no ``ArchSpec``, or the rebuilt network's layers differ.
     """
-    from space import build, spec_of
+    from space import CovidNetCT, build, spec_of
 
+    if not isinstance(model, CovidNetCT):
+        raise RunFailed(f"only a COVID-Net CT network is an ArchSpec, got a {type(model).__name__}")
     try:
         spec = spec_of(model)
     except ValueError as e:
@@ -175,6 +177,7 @@ def model_from_weights(description: dict[str, Any], weights: Any) -> nn.Module:
         return from_checkpoint(weights)
     from space import ArchSpec, build
 
+    model: nn.Module
     if "spec" in description:
         model = build(ArchSpec.from_dict(description["spec"]), int(description.get("num_classes", 3)))
     else:
