@@ -93,7 +93,7 @@ def run_baselines(
             outcome = BaselineOutcome(name, done, skipped=True)
         else:
             info = baseline_info(name)
-            model = create_baseline(name, num_classes=3, in_chans=3)
+            model = evaluator.seeded(lambda name=name: create_baseline(name, num_classes=3, in_chans=3))
             prof = profile(model, (3, size, size))
             trial = study.ask()
             start = time.time()

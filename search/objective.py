@@ -74,7 +74,16 @@ class TrainingEvaluator:
     def __call__(self, spec: Any, on_epoch: Callable[[int, float], None]) -> CandidateOutcome:
         from space import build
 
-        return self.train_model(build(spec, 3), spec.arch_id, on_epoch)
+        return self.train_model(self.seeded(lambda: build(spec, 3)), spec.arch_id, on_epoch)
+
+    def seeded(self, make: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+        """Build a model with the run's seed, so its initial weights do not depend on what ran before."""
+        state = torch.random.get_rng_state()
+        torch.manual_seed(self.train_config.seed)
+        try:
+            return make()
+        finally:
+            torch.random.set_rng_state(state)
 
     def train_model(
         self, model: torch.nn.Module, tag: str, on_epoch: Callable[[int, float], None] | None = None
