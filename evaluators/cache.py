@@ -17,6 +17,7 @@ centre, exactly the box resized to ``image_size`` x ``image_size``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import math
 import os
@@ -99,6 +100,44 @@ class SplitArrays:
         idx = torch.as_tensor(index, dtype=torch.long)
         x = self.images[idx].to(device, non_blocking=True)
         return to_float(x, channels)
+
+    def subset(self, index: torch.Tensor | Sequence[int], split: str | None = None) -> SplitArrays:
+        """The images ``index`` as a split of their own (cross-validation folds); tensors are
+        gathered, so the subset shares nothing with the cache it came from."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        picks = idx.tolist()
+        return dataclasses.replace(
+            self,
+            canvas=self.canvas[idx],
+            valid=self.valid[idx],
+            exterior=self.exterior[idx],
+            labels=self.labels[idx],
+            sources=tuple(self.sources[i] for i in picks),
+            filenames=tuple(self.filenames[i] for i in picks),
+            split=self.split if split is None else split,
+        )
+
+
+def concat_arrays(parts: Sequence[SplitArrays], split: str = "pool") -> SplitArrays:
+    """Several decoded splits of one image size as one (e.g. train + val, pooled for folds)."""
+    if not parts:
+        raise ValueError("concat_arrays needs at least one split")
+    sizes = {(p.image_size, p.margin) for p in parts}
+    if len(sizes) != 1:
+        raise ValueError(f"cannot pool splits decoded at different sizes: {sorted(sizes)}")
+    first = parts[0]
+    return dataclasses.replace(
+        first,
+        canvas=torch.cat([p.canvas for p in parts]),
+        valid=torch.cat([p.valid for p in parts]),
+        exterior=torch.cat([p.exterior for p in parts]),
+        labels=torch.cat([p.labels for p in parts]),
+        sources=tuple(s for p in parts for s in p.sources),
+        filenames=tuple(f for p in parts for f in p.filenames),
+        split=split,
+        cache_files=tuple(f for p in parts for f in p.cache_files),
+        from_cache=all(p.from_cache for p in parts),
+    )
 
 
 def to_float(images: torch.Tensor, channels: int) -> torch.Tensor:
