@@ -131,9 +131,9 @@ def _find_label_files(path: Path, splits: Sequence[str]) -> tuple[Path, dict[str
             raise DatasetError(
                 f"{path}: not a label file (expected a name like train.txt or train_COVIDx_CT-2A.txt)"
             )
-        folder, wanted = path.parent.absolute(), m.group(2) or ""
+        folder, wanted, shown = path.parent.absolute(), m.group(2) or "", path.parent
     elif path.is_dir():
-        folder, wanted = path.absolute(), None
+        folder, wanted, shown = path.absolute(), None, path
     else:
         raise DatasetError(f"{path}: no such data folder")
     variants: dict[str, dict[str, Path]] = {}
@@ -151,16 +151,16 @@ def _find_label_files(path: Path, splits: Sequence[str]) -> tuple[Path, dict[str
         return folder, {s: files[s] for s in splits}, variant
     if len(complete) > 1:
         names = ", ".join(f"train{v}.txt" for v in complete)
-        example = folder / f"train{next(iter(complete))}.txt"
-        raise DatasetError(f"{folder}: several label-file sets ({names}); choose one with --data {example}")
+        example = shown / f"train{next(iter(complete))}.txt"
+        raise DatasetError(f"{shown}: several label-file sets ({names}); choose one with --data {example}")
     if not candidates or not any(candidates.values()):
         raise DatasetError(
-            f"{folder}: no label files (expected train.txt, val.txt, test.txt or "
+            f"{shown}: no label files (expected train.txt, val.txt, test.txt or "
             f"train_*.txt, val_*.txt, test_*.txt)"
         )
     variant, files = max(candidates.items(), key=lambda kv: len(kv[1]))
     missing = [f"{s}{variant}.txt" for s in splits if s not in files]
-    raise DatasetError(f"{folder}: missing label file {', '.join(missing)}")
+    raise DatasetError(f"{shown}: missing label file {', '.join(missing)}")
 
 
 def _image_folders(folder: Path, variant: str) -> list[Path]:

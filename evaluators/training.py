@@ -128,11 +128,12 @@ class TrainResult:
     """The outcome of ``train``.
 
     Attributes:
-        status: ``"ok"`` or ``"failed"`` (a NaN or infinite loss).
+        status: ``"complete"`` (also after early stopping) or ``"failed"`` (a NaN or infinite loss).
         reason: why it failed or stopped early ("" for a full, normal run).
         best_epoch: the epoch of the best validation accuracy (0 if none was validated).
         epochs_run: epochs completed.
-        history: one dict per epoch: epoch, train_loss, train_accuracy, val_accuracy, lr, seconds.
+        history: one dict per epoch: epoch, train_loss, train_accuracy, val_accuracy, lr, seconds
+            (wall clock, training and validation) and cpu_seconds (this process's CPU time).
         val: metrics of the best epoch on the validation split (None if none was validated).
         test: metrics of the best weights on the test split (None if not evaluated or failed).
         state_dict: the best weights, as CPU tensors (empty if none was validated).
@@ -153,7 +154,7 @@ class TrainResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        return self.status == "complete"
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the weights, JSON-safe."""
@@ -326,20 +327,21 @@ def train(
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs) if cfg.cosine else None
     check_every = 1 if dev.type == "cpu" else 20  # .item() syncs a GPU: look at the loss less often
+    acc_dtype = torch.float32 if dev.type == "mps" else torch.float64  # MPS has no float64
 
     history: list[dict[str, Any]] = []
     best_acc, best_epoch, stale = -1.0, 0, 0
     best_state: dict[str, torch.Tensor] = {}
     best_pred: torch.Tensor | None = None
-    status, reason = "ok", ""
+    status, reason = "complete", ""
     with _Progress(progress, cfg.epochs) as bar:
         for epoch in range(1, cfg.epochs + 1):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             model.train()
             batches = epoch_batches(train_arr.labels, cfg.batch_size, cfg.balanced, gen)
             bar.start_epoch(epoch, len(batches))
             lr = float(opt.param_groups[0]["lr"])
-            loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+            loss_sum = torch.zeros((), dtype=acc_dtype, device=dev)
             correct = torch.zeros((), dtype=torch.long, device=dev)
             seen = 0
             for step, idx in enumerate(batches, start=1):
@@ -389,6 +391,7 @@ def train(
                 "val_accuracy": val_acc,
                 "lr": lr,
                 "seconds": time.perf_counter() - t0,
+                "cpu_seconds": time.process_time() - c0,
             }
             history.append(row)
             if val_acc > best_acc:
@@ -411,7 +414,7 @@ def train(
     val = test = None
     if best_pred is not None:
         val = compute_metrics(val_arr.labels, best_pred, len(CLASS_NAMES), val_arr.sources, cfg.seed)
-    if status == "ok" and cfg.evaluate_test and "test" in dataset.splits:
+    if status == "complete" and cfg.evaluate_test and "test" in dataset.splits:
         test_arr = load_arrays(dataset, "test", size, channels, cache_dir, progress=progress)
         pred = predict(model, test_arr.images, channels, cfg.eval_batch_size, dev)
         test = compute_metrics(test_arr.labels, pred, len(CLASS_NAMES), test_arr.sources, cfg.seed)

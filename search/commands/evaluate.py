@@ -132,7 +132,7 @@ def fmt(v: float | None, digits: int = 1) -> str:
 
 
 def fmt_ci(ci: Any) -> str:
-    return "" if not ci else f"{ci[0]:.1f}-{ci[1]:.1f}"
+    return "" if not ci else f"({ci[0]:.1f}-{ci[1]:.1f})"
 
 
 def print_metrics(result: Any, title: str) -> None:
@@ -145,17 +145,22 @@ def print_metrics(result: Any, title: str) -> None:
             [
                 name,
                 r.n,
-                fmt(r.accuracy),
-                fmt_ci(r.accuracy_ci),
-                fmt(c.sensitivity) if c else "n/a",
-                fmt_ci(r.covid_sensitivity_ci),
+                f"{fmt(r.accuracy)} {fmt_ci(r.accuracy_ci)}".strip(),
+                f"{fmt(c.sensitivity) if c else 'n/a'} {fmt_ci(r.covid_sensitivity_ci)}".strip(),
                 fmt(c.ppv) if c else "n/a",
                 fmt(r.macro_f1),
             ]
         )
     print_table(
         title,
-        ["source", "images", "acc %", "95% CI", "COVID sens %", "95% CI", "COVID PPV %", "macro F1 %"],
+        [
+            "source",
+            "images",
+            "accuracy % (95% CI)",
+            "COVID-19 sensitivity % (95% CI)",
+            "COVID-19 PPV %",
+            "macro F1 %",
+        ],
         rows,
     )
     print_table(

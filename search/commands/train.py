@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from search.commands.evaluate import check_size, data_flags, load_data, print_metrics
-from search.console import console
+from search.console import console, err_console
 from search.errors import RunFailed, UsageError
 
 # flag -> TrainConfig field, for the flags that set one
@@ -164,11 +164,11 @@ def run_train(args: argparse.Namespace) -> int:
     params = sum(p.numel() for p in model.parameters())
     quiet = bool(getattr(args, "quiet", False))
     if not quiet:
-        console().print(
+        err_console().print(
             f"training {label} (arch_id {spec.arch_id}, {params:,} params) on "
             f"{', '.join(dataset.sources)}: {len(dataset.splits['train'])} train / "
             f"{len(dataset.splits['val'])} val / {len(dataset.splits['test'])} test images, "
-            f"{cfg.image_size} px, {cfg.epochs} epochs, {device}"
+            f"{cfg.image_size} px, {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, {device}"
         )
     result = train(model, dataset, cfg, cache_dir=args.cache_dir, progress=not quiet)
 
@@ -176,6 +176,8 @@ def run_train(args: argparse.Namespace) -> int:
         tmp = out / "weights.pt.tmp"
         torch.save(result.state_dict, tmp)
         os.replace(tmp, out / "weights.pt")
+    else:  # nothing was validated: no weights, and none left over from an earlier run in --out
+        (out / "weights.pt").unlink(missing_ok=True)
     metrics = {
         "arch": {"name": spec.name, "arch_id": spec.arch_id, "params": params},
         **result.to_dict(),

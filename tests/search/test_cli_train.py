@@ -36,7 +36,7 @@ def test_train_then_evaluate_reproduces_the_test_metrics(
     assert "confusion matrix" in printed.out and "ct-s on test" in printed.out and printed.err == ""
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.json", "spec.json", "weights.pt"]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["status"] == "ok" and metrics["config"]["image_size"] == 32
+    assert metrics["status"] == "complete" and metrics["config"]["image_size"] == 32
     assert metrics["data"]["sources"]["ct-sars-mini"]["counts"]["test"] == [24, 0, 26]
     assert metrics["data"]["given"] is None and len(metrics["data"]["split_hash"]) == 64
     assert metrics["test"]["per_class"]["Pneumonia"]["sensitivity"] is None
@@ -71,12 +71,11 @@ def test_two_sources_report_each(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert m["data"]["given"] == [str(a), str(b)]
 
 
-def test_config_file_then_flags(tmp_path: Path) -> None:
+def test_config_file_then_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("epochs: 1\nlr: 1e-3\ncosine: true\nimage_size: 64\n")
     out = tmp_path / "run"
     argv = [
-        "--quiet",
         "train",
         "--arch",
         "ct-s",
@@ -86,9 +85,12 @@ def test_config_file_then_flags(tmp_path: Path) -> None:
         "32",
         "--out",
         str(out),
+        "--json",
     ]
     assert main(argv) == 0
-    c = json.loads((out / "metrics.json").read_text())["config"]
+    printed = json.loads(capsys.readouterr().out)  # stdout is the JSON alone, progress on stderr
+    assert printed == json.loads((out / "metrics.json").read_text())
+    c = printed["config"]
     assert (c["epochs"], c["lr"], c["cosine"], c["image_size"]) == (1, 1e-3, True, 32)
     assert "lr: 0.001" in (out / "config.yaml").read_text()
 
