@@ -170,7 +170,7 @@ def render(path: Path, box: tuple[int, int, int, int], image_size: int) -> tuple
     padded = Image.fromarray(np.pad(arr, ((py, py), (px, px)), mode="edge"))
     region = (x0 - mx + px, y0 - my + py, x1 + mx + px, y1 + my + py)
     size = s + 2 * m
-    canvas = np.asarray(padded.resize((size, size), Image.BILINEAR, box=region))
+    canvas = np.asarray(padded.resize((size, size), Image.Resampling.BILINEAR, box=region))
     valid = (
         max(0, round(m - x0 * s / bw)),
         max(0, round(m - y0 * s / bh)),
@@ -256,7 +256,7 @@ def _decode(samples: Sequence[Sample], image_size: int, workers: int, label: str
             canvas[i].numpy()[...] = c
             valid[i] = torch.tensor(v, dtype=torch.int32)
             exterior[i] = e
-            if bar is not None and (i % 256 == 255 or i == len(samples) - 1):
+            if bar is not None and task is not None and (i % 256 == 255 or i == len(samples) - 1):
                 bar.update(task, completed=i + 1)
     return {"canvas": canvas, "valid": valid, "exterior": exterior}
 

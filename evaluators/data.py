@@ -354,7 +354,7 @@ def _load_source(
 ) -> None:
     """Parse and check the label files of one source, appending samples and problems."""
     shown_dir = src.shown_dir
-    parsed: list[tuple[str, Path, int, tuple[str, int, tuple[int, int, int, int]]]] = []
+    parsed: list[tuple[int, str, Path, int, tuple[str, int, tuple[int, int, int, int]]]] = []
     for k, split in enumerate(splits):
         lf = src.label_files[split]
         raw = lf.read_bytes()
