@@ -361,7 +361,7 @@ def _load_source(
         digest.update(f"{split}\0{len(raw)}\0".encode())
         digest.update(raw)
         try:
-            text = raw.decode("utf-8")
+            text = raw.decode("utf-8-sig")  # a byte-order mark is not part of the first name
         except UnicodeDecodeError as e:
             raise DatasetError(f"{shown_dir / lf.name}: not UTF-8 text ({e.reason})") from None
         for n, line in enumerate(text.splitlines(), start=1):

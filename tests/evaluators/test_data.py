@@ -145,6 +145,8 @@ def test_blank_lines_and_crlf_are_accepted(tmp_path: Path) -> None:
     root = write_dataset(tmp_path / "d")
     (root / "val.txt").write_text("\r\n".join(" ".join(map(str, x)) for x in lines(4, "val_")) + "\r\n\r\n")
     assert len(load_dataset([root]).splits["val"]) == 4
+    (root / "test.txt").write_bytes(b"\xef\xbb\xbf" + (root / "test.txt").read_bytes())  # a UTF-8 BOM
+    assert load_dataset([root]).splits["test"][0].filename == "test_0.png"
 
 
 BAD_CASES = {
