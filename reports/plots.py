@@ -75,7 +75,8 @@ def pareto_plot(
         )
 
     if axis == "macs" and len(measured):
-        _iso_lines(ax, measured, y_lo, y_hi, scale)
+        x_lim = (float(xs_all.min()) / 1.6, float(xs_all.max()) * 1.6)
+        _iso_lines(ax, measured, (y_lo, y_hi), x_lim, scale)
 
     bottom = blended_transform_factory(ax.transData, ax.transAxes)
     for g in all_groups:
@@ -134,10 +135,13 @@ def pareto_plot(
     return paths
 
 
-def _iso_lines(ax, measured: pd.DataFrame, y_lo: float, y_hi: float, scale: float) -> None:  # type: ignore[no-untyped-def]
+def _iso_lines(  # type: ignore[no-untyped-def]
+    ax, measured: pd.DataFrame, y_lim: tuple[float, float], x_lim: tuple[float, float], scale: float
+) -> None:
+    """Dotted lines of constant NetScore, each labelled where it leaves the plot."""
+    y_lo, y_hi = y_lim
     params = float(np.median(measured["params"].to_numpy(dtype=float)))
-    macs = measured["macs"].to_numpy(dtype=float)
-    grid = np.geomspace(macs.min() / 4, macs.max() * 4, 200)
+    grid = np.geomspace(x_lim[0], x_lim[1], 200)
     scores = measured["netscore"].to_numpy(dtype=float)
     first = True
     for level in iso_levels(scores):
@@ -153,7 +157,7 @@ def _iso_lines(ax, measured: pd.DataFrame, y_lo: float, y_hi: float, scale: floa
             (grid[k] / scale, acc[k]),
             fontsize=6.5,
             color="#616161",
-            xytext=(4, -10),
+            xytext=(-34, -10) if k == len(grid) - 1 else (4, -10),
             textcoords="offset points",
         )
         first = False
