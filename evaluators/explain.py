@@ -178,7 +178,8 @@ def to_model_input(gray: np.ndarray, size: int, channels: int) -> torch.Tensor:
     """A whole slice as the model's ``(1, channels, size, size)`` float input in [0, 1]."""
     from PIL import Image
 
-    resized = np.asarray(Image.fromarray(gray).resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
+    image = Image.fromarray(gray).resize((size, size), Image.Resampling.BILINEAR)
+    resized = np.asarray(image, dtype=np.float32)
     x = torch.from_numpy(resized / np.float32(255.0))[None, None]
     return x.expand(1, channels, size, size).contiguous()
 

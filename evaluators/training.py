@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from evaluators.augment import epoch_batches, make_batch
-from evaluators.cache import load_arrays
+from evaluators.cache import SplitArrays, load_arrays
 from evaluators.data import CLASS_NAMES, CTDataset
 from evaluators.metrics import EvalResult, compute_metrics, predict
 
@@ -139,6 +139,8 @@ class TrainResult:
         state_dict: the best weights, as CPU tensors (empty if none was validated).
         wall_time_s: seconds the whole call took, decoding included.
         config: the settings used.
+        val_predictions: the best epoch's predicted class per validation image (CPU), for
+            pooling the predictions of several runs (cross-validation).
     """
 
     status: str
@@ -151,6 +153,7 @@ class TrainResult:
     state_dict: dict[str, torch.Tensor] = field(repr=False)
     wall_time_s: float
     config: TrainConfig
+    val_predictions: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -313,13 +316,54 @@ def train(
     """
     cfg = config or TrainConfig()
     started = time.perf_counter()
+    channels = cfg.channels or input_channels(model)
+    size = cfg.image_size
+    train_arr = load_arrays(dataset, "train", size, channels, cache_dir, progress=progress)
+    val_arr = load_arrays(dataset, "val", size, channels, cache_dir, progress=progress)
+
+    def test_arrays() -> SplitArrays:
+        return load_arrays(dataset, "test", size, channels, cache_dir, progress=progress)
+
+    has_test = cfg.evaluate_test and "test" in dataset.splits
+    return fit(
+        model,
+        train_arr,
+        val_arr,
+        cfg,
+        on_epoch=on_epoch,
+        progress=progress,
+        test=test_arrays if has_test else None,
+        started=started,
+    )
+
+
+def fit(
+    model: nn.Module,
+    train_arr: SplitArrays,
+    val_arr: SplitArrays,
+    config: TrainConfig | None = None,
+    *,
+    on_epoch: EpochCallback | None = None,
+    progress: bool = True,
+    test: SplitArrays | Callable[[], SplitArrays] | None = None,
+    started: float | None = None,
+) -> TrainResult:
+    """Train ``model`` on decoded arrays, validating on ``val_arr`` after every epoch.
+
+    ``train`` is this on a dataset's train and val splits; cross-validation calls it on folds
+    (``SplitArrays.subset``) so that every fold reuses the decoded-image cache.
+
+    Args:
+        test: the test split (or a function loading it), evaluated with the best weights after a
+            complete run; ``None`` skips it.
+        started: ``time.perf_counter()`` when the caller began (decoding counts in the wall time).
+    """
+    cfg = config or TrainConfig()
+    started = time.perf_counter() if started is None else started
     dev = resolve_device(cfg.device)
     channels = cfg.channels or input_channels(model)
     seed_everything(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    size = cfg.image_size
-    train_arr = load_arrays(dataset, "train", size, channels, cache_dir, progress=progress)
-    val_arr = load_arrays(dataset, "val", size, channels, cache_dir, progress=progress)
     model.to(dev)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -411,13 +455,14 @@ def train(
 
     if best_state:
         model.load_state_dict(best_state)
-    val = test = None
+    val = None
     if best_pred is not None:
         val = compute_metrics(val_arr.labels, best_pred, len(CLASS_NAMES), val_arr.sources, cfg.seed)
-    if status == "complete" and cfg.evaluate_test and "test" in dataset.splits:
-        test_arr = load_arrays(dataset, "test", size, channels, cache_dir, progress=progress)
+    test_result = None
+    if status == "complete" and cfg.evaluate_test and test is not None:
+        test_arr = test() if callable(test) else test
         pred = predict(model, test_arr.images, channels, cfg.eval_batch_size, dev)
-        test = compute_metrics(test_arr.labels, pred, len(CLASS_NAMES), test_arr.sources, cfg.seed)
+        test_result = compute_metrics(test_arr.labels, pred, len(CLASS_NAMES), test_arr.sources, cfg.seed)
     return TrainResult(
         status=status,
         reason=reason,
@@ -425,8 +470,9 @@ def train(
         epochs_run=len(history),
         history=history,
         val=val,
-        test=test,
+        test=test_result,
         state_dict=best_state,
         wall_time_s=time.perf_counter() - started,
         config=cfg,
+        val_predictions=best_pred.cpu() if best_pred is not None else None,
     )

@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.config import RunConfig
 from search.errors import RunFailed
-from search.study import OBJECTIVES
+from search.study import OBJECTIVES, netscore_interval
 
 SUFFIX = ":baselines"
 KIND_BASELINE = "baseline"
@@ -76,7 +76,7 @@ def run_baselines(
     """Train (or skip, if done) each named baseline; returns one outcome per name.
 
     Args:
-        evaluator: a ``search.objective.TrainingEvaluator`` (or anything with ``train_model`` and
+        evaluator: a ``search.objective.TrainingEvaluator`` (or anything with ``evaluate`` and
             ``data_attrs``).
         upload: stores a weights file for a trial, returning the artifact id.
     """
@@ -93,7 +93,7 @@ def run_baselines(
             outcome = BaselineOutcome(name, done, skipped=True)
         else:
             info = baseline_info(name)
-            model = evaluator.seeded(lambda name=name: create_baseline(name, num_classes=3, in_chans=3))
+            model = create_baseline(name, num_classes=3, in_chans=3)  # profiled; runs build their own
             prof = profile(model, (3, size, size))
             trial = study.ask()
             start = time.time()
@@ -117,7 +117,9 @@ def run_baselines(
             for k, v in attrs.items():
                 trial.set_user_attr(k, v)
             try:
-                result = evaluator.train_model(model, name)
+                result = evaluator.evaluate(
+                    lambda name=name: create_baseline(name, num_classes=3, in_chans=3), name
+                )
             except (RunFailed, RuntimeError, ValueError) as e:
                 trial.set_user_attr("status", "failed")
                 trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:2000])
@@ -133,6 +135,7 @@ def run_baselines(
                 ns = netscore(max(result.val_accuracy, 1e-3), prof.params, prof.macs)
                 trial.set_user_attr("val_accuracy", result.val_accuracy)
                 trial.set_user_attr("netscore", ns)
+                trial.set_user_attr("netscore_ci", netscore_interval(result.attrs, prof.params, prof.macs))
                 if result.weights_file and upload is not None:
                     trial.set_user_attr("weights_artifact_id", upload(trial, result.weights_file))
                 trial.set_user_attr("status", "complete")

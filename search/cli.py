@@ -66,7 +66,7 @@ def _quiet_libraries() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_global_flags_first(list(sys.argv[1:] if argv is None else argv)))
     debug = bool(getattr(args, "debug", False))
     if not debug:
         _quiet_libraries()
@@ -83,6 +83,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if code == 1 and not isinstance(e, RunFailed) and not debug:
             print("search: run again with --debug for the traceback", file=sys.stderr)
         return code
+
+
+GLOBAL_FLAGS = ("--debug", "--quiet")
+
+
+def _global_flags_first(argv: list[str]) -> list[str]:
+    """``--debug``/``--quiet`` work anywhere on the line (``search run --quiet``), not only first."""
+    flags = [a for a in argv if a in GLOBAL_FLAGS]
+    return flags + [a for a in argv if a not in GLOBAL_FLAGS]
 
 
 def _is_usage(e: Exception) -> bool:

@@ -60,6 +60,11 @@ class RunConfig:
     exterior_exclusion: bool = False
     device: str = "auto"
     skip_bad: bool = False
+    # how a candidate's accuracy is measured (1 and 1: one run on the train/val split)
+    cv_folds: int = 1
+    repeats: int = 1
+    patient_regex: str = r"^(.*?_\d+)_"
+    patients: str | None = None
     # distributed workers
     heartbeat: int = 30
     max_retry: int = 2
@@ -77,6 +82,8 @@ class RunConfig:
         _positive("heartbeat", self.heartbeat)
         _positive("max_retry", self.max_retry, low=0)
         _positive("max_failures", self.max_failures)
+        _positive("cv_folds", self.cv_folds)
+        _positive("repeats", self.repeats)
         for name in ("image_size", "complexity_size"):
             v = getattr(self, name)
             _positive(name, v, low=32)
@@ -140,6 +147,10 @@ TRAINING_KEYS = (
     "augment",
     "exterior_exclusion",
     "seed",
+    "cv_folds",
+    "repeats",
+    "patient_regex",
+    "patients",
 )
 
 

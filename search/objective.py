@@ -8,12 +8,14 @@ returns every metric, the training curve and the best weights for the artifact s
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from evaluators.crossval import RunsFailed
 from search.config import RunConfig
 from search.errors import RunFailed
 from search.study import CandidateOutcome
@@ -71,19 +73,93 @@ class TrainingEvaluator:
             "data_sizes": {k: len(v) for k, v in self.dataset.splits.items()},
         }
 
+    @property
+    def cv(self) -> Any:
+        from evaluators.crossval import CVConfig
+
+        c = self.config
+        return CVConfig(
+            folds=c.cv_folds, repeats=c.repeats, patient_regex=c.patient_regex, patients_csv=c.patients
+        )
+
+    @property
+    def steps(self) -> int:
+        """Steps at which ``on_epoch`` is called: epochs of one run, or runs (folds x seeds)."""
+        runs = self.config.cv_folds * self.config.repeats
+        return self.train_config.epochs if runs == 1 else runs
+
     def __call__(self, spec: Any, on_epoch: Callable[[int, float], None]) -> CandidateOutcome:
         from space import build
 
-        return self.train_model(self.seeded(lambda: build(spec, 3)), spec.arch_id, on_epoch)
+        return self.evaluate(lambda: build(spec, 3), spec.arch_id, on_epoch)
 
-    def seeded(self, make: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    def seeded(self, make: Callable[[], torch.nn.Module], seed: int | None = None) -> torch.nn.Module:
         """Build a model with the run's seed, so its initial weights do not depend on what ran before."""
         state = torch.random.get_rng_state()
-        torch.manual_seed(self.train_config.seed)
+        torch.manual_seed(self.train_config.seed if seed is None else seed)
         try:
             return make()
         finally:
             torch.random.set_rng_state(state)
+
+    def evaluate(
+        self,
+        make: Callable[[], torch.nn.Module],
+        tag: str,
+        on_step: Callable[[int, float], None] | None = None,
+    ) -> CandidateOutcome:
+        """Measure a fresh model from ``make`` under the run's evaluation: one training run, or
+        ``cv_folds`` x ``repeats`` runs. ``on_step`` sees each epoch of a single run, else each run.
+
+        The stored accuracy is the mean over runs with its spread (``val_accuracy_uncertainty``);
+        the kept weights are the first run's.
+        """
+        from evaluators.crossval import evaluate_runs
+
+        cv = self.cv
+        epochs = self.train_config.epochs
+        single = cv.runs == 1
+
+        def on_epoch(epoch: int, val_accuracy: float, row: dict[str, Any]) -> None:
+            if self.on_epoch_progress is not None:
+                self.on_epoch_progress(epoch, epochs, val_accuracy)
+            if single and on_step is not None:
+                on_step(epoch, val_accuracy)
+
+        def on_run(run: int, val_accuracy: float) -> None:
+            if not single and on_step is not None:
+                on_step(run, val_accuracy)
+
+        start = time.time()
+        try:
+            result = evaluate_runs(
+                lambda seed: self.seeded(make, seed),
+                self.dataset,
+                self.train_config,
+                cv,
+                on_run=on_run,
+                on_epoch=on_epoch,
+                cache_dir=self.cache_dir,
+            )
+        except RunsFailed as e:
+            raise RunFailed(f"training failed: {e}") from None
+        first = result.first
+        weights = Path(self._tmp.name) / f"{tag}.pt"
+        torch.save(first.state_dict, weights)
+        attrs: dict[str, Any] = {
+            "val_metrics": result.val.to_dict(),
+            "test_metrics": result.test.to_dict() if result.test is not None else None,
+            "val_accuracy_uncertainty": result.accuracy.to_dict(),
+            "history": list(first.history),
+            "runs": [{k: v for k, v in r.items() if k != "history" or not single} for r in result.runs],
+            "cv": result.cv_dict(cv),
+            "best_epoch": first.best_epoch,
+            "epochs_run": first.epochs_run,
+            "train_wall_time_s": time.time() - start,
+            "train_config": first.config.to_dict(),
+            **self.data_attrs(),
+        }
+        return CandidateOutcome(val_accuracy=result.accuracy.mean, attrs=attrs, weights_file=str(weights))
 
     def train_model(
         self, model: torch.nn.Module, tag: str, on_epoch: Callable[[int, float], None] | None = None

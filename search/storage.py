@@ -12,7 +12,9 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import random
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,14 +77,24 @@ def open_storage(url: str, heartbeat: int | None = None, max_retry: int = 2) -> 
             "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
         }
     engine_kwargs = {"connect_args": {"timeout": 60}} if db is not None else {"pool_pre_ping": True}
-    try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-    except ImportError as e:
-        raise UsageError(f"the driver for {url.split(':', 1)[0]} is not installed: {e}") from None
-    except Exception as e:
-        if type(e).__module__.startswith("sqlalchemy"):
-            raise UsageError(f"cannot open storage {redact(url)}: {str(e).splitlines()[0]}") from None
-        raise
+    attempts = 5
+    for attempt in range(attempts):
+        try:
+            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        except ImportError as e:
+            raise UsageError(
+                f"the driver for {url.split(':', 1)[0]} is not installed ({e}); "
+                "for PostgreSQL: pip install '.[postgres]'"
+            ) from None
+        except Exception as e:
+            if not type(e).__module__.startswith("sqlalchemy"):
+                raise
+            # Workers starting together on an empty database race to create Optuna's tables;
+            # the loser sees them on the next try. A real connection problem fails every try.
+            if attempt == attempts - 1:
+                raise UsageError(f"cannot open storage {redact(url)}: {str(e).splitlines()[0]}") from None
+            time.sleep(0.5 + random.random() * (attempt + 1))
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def redact(url: str) -> str:

@@ -163,16 +163,24 @@ def scored_trials(trials: Sequence[FrozenTrial]) -> list[Scored]:
 
 
 def pareto_prune(
-    epoch: int, accuracy: float, params: int, macs: int, done: Sequence[Scored], config: RunConfig
+    step: int,
+    accuracy: float,
+    params: int,
+    macs: int,
+    done: Sequence[Scored],
+    config: RunConfig,
+    last_step: int | None = None,
 ) -> bool:
     """The Pareto objective's pruning rule.
 
-    After ``prune_warmup`` epochs (and before the last), stop a candidate when a finished one
-    already has no more params, no more MACs and a validation accuracy at least ``prune_margin``
-    points above this candidate's current accuracy: it is dominated with room to spare, so more
-    epochs are unlikely to put it on the front.
+    After ``prune_warmup`` steps (epochs of one run, or runs with ``--cv-folds``/``--repeats``)
+    and before the last, stop a candidate when a finished one already has no more params, no more
+    MACs and a validation accuracy at least ``prune_margin`` points above this candidate's current
+    accuracy: it is dominated with room to spare, so more epochs (or folds) are unlikely to put it
+    on the front.
     """
-    if epoch < config.prune_warmup or epoch >= config.epochs:
+    last = config.epochs if last_step is None else last_step
+    if step < config.prune_warmup or step >= last:
         return False
     return any(
         d.params <= params and d.macs <= macs and d.val_accuracy >= accuracy + config.prune_margin
@@ -315,6 +323,7 @@ class SearchDriver:
             return self._values(0.0, prof.params, prof.macs, netscore_value=0.0)
 
         done = scored_trials(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        last_step = int(getattr(self.evaluator, "steps", config.epochs))
 
         def on_epoch(epoch: int, val_accuracy: float) -> None:
             if config.objective == "netscore":
@@ -322,7 +331,7 @@ class SearchDriver:
                 if trial.should_prune():
                     trial.set_user_attr("pruned_at_epoch", epoch)
                     raise optuna.TrialPruned(f"median rule at epoch {epoch}")
-            elif pareto_prune(epoch, val_accuracy, prof.params, prof.macs, done, config):
+            elif pareto_prune(epoch, val_accuracy, prof.params, prof.macs, done, config, last_step):
                 trial.set_user_attr("pruned_at_epoch", epoch)
                 trial.set_user_attr("pruned_val_accuracy", val_accuracy)
                 raise optuna.TrialPruned(f"dominated by a finished candidate at epoch {epoch}")
@@ -334,6 +343,7 @@ class SearchDriver:
             trial.set_user_attr(key, value)
         trial.set_user_attr("val_accuracy", outcome.val_accuracy)
         trial.set_user_attr("netscore", ns)
+        trial.set_user_attr("netscore_ci", netscore_interval(outcome.attrs, prof.params, prof.macs))
         if outcome.weights_file and self.upload is not None:
             trial.set_user_attr("weights_artifact_id", self.upload(trial, outcome.weights_file))
         trial.set_user_attr("status", "complete")
@@ -404,6 +414,17 @@ class SearchDriver:
 
     def pareto_trials(self) -> list[FrozenTrial]:
         return pareto_trials(self.study.get_trials(deepcopy=False))
+
+
+def netscore_interval(attrs: dict[str, Any], params: int, macs: int) -> list[float] | None:
+    """NetScore at the ends of the stored accuracy's 95 % interval (``None`` without one)."""
+    from evaluators import netscore
+
+    ci = (attrs.get("val_accuracy_uncertainty") or {}).get("ci")
+    if not ci:
+        return None
+    lo, hi = (min(100.0, max(1e-3, float(v))) for v in ci)
+    return [netscore(lo, params, macs), netscore(hi, params, macs)]
 
 
 def _is_bug(e: Exception) -> bool:

@@ -46,6 +46,10 @@ HELP = {
     "heartbeat": "seconds between heartbeats of a running trial (a silent one is failed and retried)",
     "max_retry": "retries of a trial whose worker died",
     "max_failures": "stop this worker after this many failed trials in a row",
+    "cv_folds": "patient-grouped folds of train+val per candidate (1: the plain train/val split)",
+    "repeats": "trainings with different seeds per fold",
+    "patient_regex": "regex whose first group is the patient id in a file name (default: COVIDx's NCP_341)",
+    "patients": "CSV filename,patient overriding --patient-regex (default: DATA/patients.csv if present)",
 }
 
 

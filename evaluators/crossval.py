@@ -1,0 +1,228 @@
+"""Training one architecture as K patient-grouped folds x R seeds (``--cv-folds``, ``--repeats``).
+
+``evaluate_runs`` is the one entry point for the plain and the cross-validated evaluation: with
+``folds == 1`` each run trains on the train split and validates on the val split (exactly
+``train``); with ``folds >= 2`` the train and val splits are pooled, split into patient-disjoint
+folds, and the test split is never read. Either way the result carries the accuracy as an
+``Uncertain`` (mean, standard deviation, every run's value, 95 % interval), the pooled validation
+metrics and the first run's weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from evaluators.cache import SplitArrays, concat_arrays, load_arrays
+from evaluators.cv import DEFAULT_PATIENT_REGEX, Grouping, Uncertain, group_samples, make_folds
+from evaluators.data import CLASS_NAMES, CTDataset
+from evaluators.metrics import EvalResult, compute_metrics
+from evaluators.training import TrainConfig, TrainResult, fit, train
+
+RunCallback = Callable[[int, float], None]
+
+
+class RunsFailed(RuntimeError):
+    """A training run ended with ``status == "failed"`` (a NaN or infinite loss)."""
+
+
+@dataclass(frozen=True)
+class CVConfig:
+    """How many folds and seeds, and how patients are found.
+
+    Attributes:
+        folds: K; 1 means the plain train/val split.
+        repeats: R seeds per fold (``seed``, ``seed + 1``, ...).
+        patient_regex: the first group of this regex on a file name is its patient id.
+        patients_csv: a ``filename,patient`` CSV overriding the regex (else a ``patients.csv``
+            in each data folder is used where present).
+        fold_seed: the seed of the fold assignment.
+    """
+
+    folds: int = 1
+    repeats: int = 1
+    patient_regex: str | None = DEFAULT_PATIENT_REGEX
+    patients_csv: str | None = None
+    fold_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("folds", "repeats"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer of at least 1, got {v!r}")
+
+    @property
+    def runs(self) -> int:
+        return self.folds * self.repeats
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class RunsResult:
+    """The outcome of ``evaluate_runs``.
+
+    Attributes:
+        accuracy: validation accuracy over all runs (percent).
+        val: metrics of the pooled validation predictions of all runs (out-of-fold with folds).
+        test: the first run's test metrics (plain evaluation only; ``None`` with folds).
+        first: the first run's ``TrainResult`` (its weights are the ones kept).
+        runs: per run: fold, repeat, seed, val accuracy, best epoch, epochs run, history.
+        grouping: how patients were found (folds only).
+        fold_sizes: images per fold (folds only).
+    """
+
+    accuracy: Uncertain
+    val: EvalResult
+    test: EvalResult | None
+    first: TrainResult
+    runs: list[dict[str, Any]]
+    grouping: Grouping | None
+    fold_sizes: list[int]
+
+    def cv_dict(self, cv: CVConfig) -> dict[str, Any]:
+        d: dict[str, Any] = {**cv.to_dict(), "fold_sizes": self.fold_sizes}
+        if self.grouping is not None:
+            g = self.grouping
+            d["grouping"] = {
+                "patients": len(set(g.patients)),
+                "from_csv": g.from_csv,
+                "from_regex": g.from_regex,
+                "alone": g.alone,
+                "warning": g.warning,
+            }
+        return d
+
+
+def evaluate_runs(
+    make_model: Callable[[int], nn.Module],
+    dataset: CTDataset,
+    config: TrainConfig,
+    cv: CVConfig | None = None,
+    *,
+    on_run: RunCallback | None = None,
+    on_epoch: Any = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+) -> RunsResult:
+    """Train ``cv.runs`` models and collect their validation accuracies.
+
+    Args:
+        make_model: builds a fresh model for a run from its seed.
+        dataset: the data; with folds the train and val splits are pooled, test is not read.
+        config: the training settings (its ``seed`` is the first run's).
+        cv: folds, repeats and patient grouping (default: one plain run).
+        on_run: called as ``on_run(run_number, val_accuracy)`` after each run (1-based); whatever
+            it raises (a pruner) propagates.
+        on_epoch: passed to every run's ``train``/``fit`` (``on_epoch(epoch, val_accuracy, row)``).
+        cache_dir: the decoded-image cache (shared by every fold and run).
+        progress: progress bars of the underlying training.
+    """
+    cv = cv or CVConfig()
+    runs: list[dict[str, Any]] = []
+    results: list[TrainResult] = []
+    y_true: list[torch.Tensor] = []
+    y_pred: list[torch.Tensor] = []
+    sources: list[str] = []
+    grouping = None
+    fold_sizes: list[int] = []
+
+    def record(res: TrainResult, fold: int, repeat: int, val_arr: SplitArrays | None) -> None:
+        if not res.ok or res.val is None:
+            raise RuntimeError(
+                f"run {len(runs) + 1} (fold {fold}, seed {res.config.seed}) {res.status}: {res.reason}"
+            )
+        results.append(res)
+        runs.append(
+            {
+                "fold": fold,
+                "repeat": repeat,
+                "seed": res.config.seed,
+                "val_accuracy": res.val.accuracy,
+                "best_epoch": res.best_epoch,
+                "epochs_run": res.epochs_run,
+                "history": res.history,
+            }
+        )
+        if res.val_predictions is not None and val_arr is not None:
+            y_true.append(val_arr.labels)
+            y_pred.append(res.val_predictions)
+            sources.extend(val_arr.sources)
+        if on_run is not None:
+            on_run(len(runs), res.val.accuracy)
+
+    if cv.folds == 1:
+        for r in range(cv.repeats):
+            cfg = dataclasses.replace(
+                config, seed=config.seed + r, evaluate_test=config.evaluate_test and r == 0
+            )
+            res = train(
+                make_model(cfg.seed), dataset, cfg, on_epoch=on_epoch, cache_dir=cache_dir, progress=progress
+            )
+            val_arr = load_arrays(dataset, "val", cfg.image_size, 3, cache_dir) if res.ok else None
+            record(res, 0, r, val_arr)
+    else:
+        samples = list(dataset.split("train")) + list(dataset.split("val"))
+        patients = None
+        if cv.patients_csv:
+            from evaluators.cv import read_patients_csv
+
+            patients = read_patients_csv(cv.patients_csv)
+        grouping = group_samples(
+            samples,
+            patient_regex=cv.patient_regex,
+            patients=patients,
+            dirs=dict(zip(dataset.sources, dataset.dirs)),
+        )
+        channels = config.channels or 3
+        pool = concat_arrays(
+            [
+                load_arrays(dataset, "train", config.image_size, channels, cache_dir),
+                load_arrays(dataset, "val", config.image_size, channels, cache_dir),
+            ]
+        )
+        # load_arrays orders samples by source; match the grouping to that order
+        order = {(s.source, s.filename): i for i, s in enumerate(samples)}
+        pool_groups = [grouping.patients[order[(src, fn)]] for src, fn in zip(pool.sources, pool.filenames)]
+        folds = make_folds(pool.labels.tolist(), pool_groups, cv.folds, seed=cv.fold_seed)
+        fold_sizes = [len(f) for f in folds]
+        everything = torch.arange(len(pool))
+        for r in range(cv.repeats):
+            for k, held_out in enumerate(folds):
+                mask = torch.ones(len(pool), dtype=torch.bool)
+                mask[torch.as_tensor(held_out)] = False
+                cfg = dataclasses.replace(config, seed=config.seed + r, evaluate_test=False)
+                model = make_model(cfg.seed)
+                val_arr = pool.subset(torch.as_tensor(held_out), split=f"fold{k + 1}")
+                res = fit(
+                    model, pool.subset(everything[mask], split="train"), val_arr, cfg, progress=progress
+                )
+                record(res, k + 1, r, val_arr)
+    first = results[0]
+    if y_true:
+        val = compute_metrics(
+            torch.cat(y_true), torch.cat(y_pred), len(CLASS_NAMES), tuple(sources), config.seed
+        )
+    else:  # pragma: no cover - every successful run validates
+        val = first.val  # type: ignore[assignment]
+    single_ci = first.val.accuracy_ci if len(runs) == 1 and first.val is not None else None
+    accuracy = Uncertain.of([r["val_accuracy"] for r in runs], single_run_ci=single_ci)
+    return RunsResult(
+        accuracy=accuracy,
+        val=val,
+        test=first.test,
+        first=first,
+        runs=runs,
+        grouping=grouping,
+        fold_sizes=fold_sizes,
+    )
+
+
+__all__ = ["CVConfig", "RunsFailed", "RunsResult", "evaluate_runs"]
