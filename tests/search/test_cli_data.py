@@ -161,7 +161,7 @@ def test_prepared_folder_trains_one_epoch(inputs: tuple[Path, Path], tmp_path: P
     argv = ["--quiet", "train", "--arch", "ct-s", "--data", str(out), "--epochs", "1", "--image-size", "32"]
     assert main([*argv, "--out", str(run), "--cache-dir", str(tmp_path / "cache")]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["status"] == "ok" and metrics["epochs_run"] == 1 and (run / "weights.pt").is_file()
+    assert metrics["status"] == "complete" and metrics["epochs_run"] == 1 and (run / "weights.pt").is_file()
     counts = json.loads((out / "summary.json").read_text())["counts"]
     for split in ("train", "val", "test"):
         expected = [counts[split][name]["slices"] for name in ("normal", "pneumonia", "covid-19")]
