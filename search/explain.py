@@ -74,7 +74,7 @@ def _size(value: Any, where: str) -> int:
 
 def load_exported(folder: str | Path, image_size: int | None = None) -> LoadedModel:
     """An export folder of ``search export``: ``spec.json`` + ``weights.pt`` (+ ``model.json``)."""
-    from search.export import build_from
+    from search.export import rebuild
     from search.predict import read_card
     from space import SpecError
 
@@ -100,18 +100,17 @@ def load_exported(folder: str | Path, image_size: int | None = None) -> LoadedMo
     card = read_card(path)
     architecture = card.get("architecture") if isinstance(card.get("architecture"), dict) else None
     try:
-        model = build_from(architecture or description)
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UsageError(f"{weights}: not a readable state dict ({e})") from None
+    try:
+        model = rebuild(architecture or description, state)
     except SpecError as e:
         raise e.in_file(str(spec)) from None
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
     except RuntimeError as e:
         raise UsageError(
             f"{weights}: does not fit the architecture of {spec}: {str(e).splitlines()[0]}"
         ) from None
-    except Exception as e:
-        raise UsageError(f"{weights}: not a readable state dict ({e})") from None
     size = image_size or (card.get("input") or {}).get("image_size")
     if not size:
         raise UsageError(f"no model.json in {path} says the input size; pass --image-size N")

@@ -69,6 +69,7 @@ __all__ = [
     "library_versions",
     "load_trial_model",
     "pick_trials",
+    "rebuild",
     "study_images",
     "write_atomically",
 ]
@@ -227,19 +228,30 @@ def image_size_of(study: optuna.Study, trial: FrozenTrial) -> int:
     return int(tc.get("image_size") or rc.get("image_size") or 512)
 
 
+def rebuild(description: dict[str, Any], state: Any) -> nn.Module:
+    """The network of ``description`` (``description_of`` or a ``spec.json``) holding ``state``, in
+    eval mode. ``state`` is a state dict, or a pruned baseline's checkpoint (its channel counts
+    and state dict, ``search.pruned_models``), which rebuilds itself."""
+    from search.pruned_models import from_checkpoint, is_checkpoint
+
+    if is_checkpoint(state):
+        return from_checkpoint(state).eval()
+    model = build_from(description)
+    model.load_state_dict(state)
+    return model.eval()
+
+
 def load_trial_model(study: optuna.Study, trial: FrozenTrial, artifacts: str | None = None) -> nn.Module:
     """The trial's network with its stored weights, in eval mode."""
     from search.artifacts import load_weights
 
-    model = build_from(description_of(trial))
     state = load_weights(study, trial, artifacts)
     try:
-        model.load_state_dict(state)
+        return rebuild(description_of(trial), state)
     except RuntimeError as e:
         raise RunFailed(
             f"the stored weights of trial {trial.number} do not fit its architecture: {e}"
         ) from None
-    return model.eval()
 
 
 # ----------------------------------------------------------------------------- writing
@@ -353,7 +365,14 @@ def export_trial(
         if not with_onnx and onnx_path.exists():
             onnx_path.unlink()
         if "pt" in options.formats:
-            torch.save(model.state_dict(), tmp / "weights.pt")
+            if trial.user_attrs.get("pruned_config"):  # a pruned baseline: channel counts + state dict
+                from search.pruned_models import checkpoint
+
+                torch.save(
+                    checkpoint(model, str(trial.user_attrs["builder"]["baseline"])), tmp / "weights.pt"
+                )
+            else:
+                torch.save(model.state_dict(), tmp / "weights.pt")
         if "json" in options.formats:
             desc = card["architecture"]
             body = desc.get("spec", desc)

@@ -73,7 +73,7 @@ def load_classifier(
 def _torch_classifier(
     path: Path, weights: str | Path | None, image_size: int | None, make: Any, names: Any
 ) -> Any:
-    from search.export import build_from, input_channels
+    from search.export import input_channels, rebuild
     from space import SpecError
 
     try:
@@ -82,22 +82,21 @@ def _torch_classifier(
         raise UsageError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(description, dict):
         raise UsageError(f"{path}: expected a JSON object (an ArchSpec or a baseline builder)")
-    try:
-        net = build_from(description)
-    except SpecError as e:
-        raise e.in_file(str(path)) from None
     wpath = Path(weights) if weights else path.parent / "weights.pt"
     if not wpath.is_file():
         raise UsageError(f"{wpath}: no such weights file (pass --weights FILE)")
     try:
         state = torch.load(wpath, map_location="cpu", weights_only=True)
-        net.load_state_dict(state)
+    except Exception as e:
+        raise UsageError(f"{wpath}: not a readable state dict ({e})") from None
+    try:
+        net = rebuild(description, state)
+    except SpecError as e:
+        raise e.in_file(str(path)) from None
     except RuntimeError as e:
         raise UsageError(
             f"{wpath}: does not fit the architecture of {path}: {str(e).splitlines()[0]}"
         ) from None
-    except Exception as e:
-        raise UsageError(f"{wpath}: not a readable state dict ({e})") from None
     card = read_card(path)
     size = image_size or (card.get("input") or {}).get("image_size")
     if not size:

@@ -150,6 +150,14 @@ def test_a_trained_baseline_pruned_by_half_reloads_without_pickle(tmp_path: Path
     p = profile(model, (3, 64, 64), memory=False)
     assert (p.params, p.macs) == (a["params"], a["macs"])
     assert abs(a["macs"] - a["source"]["macs"] / 2) <= 0.02 * a["source"]["macs"] / 2
+    # it exports like any trial: checkpoint weights.pt that rebuilds itself, ONNX with parity
+    from search.export import ExportOptions, export_trial, rebuild
+
+    images = torch.rand(4, 3, SIZE, SIZE)
+    export_trial(study, trial, tmp_path / "exported", images, ExportOptions(latency_repeats=0))
+    saved = torch.load(tmp_path / "exported" / "weights.pt", weights_only=True)
+    again = rebuild({"baseline": "mobilenet_v2"}, saved)
+    assert profile(again, (3, 64, 64), memory=False).params == a["params"]
 
 
 @pytest.mark.parametrize(
