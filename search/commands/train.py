@@ -5,6 +5,12 @@ optional YAML file (``--config``), then flags. The run's folder receives ``metri
 (history, validation and test metrics overall and per source, the resolved settings, the data's
 provenance), ``weights.pt`` (a state dict, ``torch.load(..., weights_only=True)``), ``spec.json``
 and ``config.yaml``.
+
+With ``--cv-folds K`` (K >= 2) and/or ``--repeats R`` (R >= 2) the architecture is trained K x R
+times by ``evaluators.crossval.evaluate_runs`` (patient-grouped folds of train+val, the test split
+unread with folds); ``metrics.json`` then also holds ``val_accuracy`` (the mean),
+``val_accuracy_uncertainty`` (mean, std, every run's value, 95 % interval), ``runs`` and ``cv``,
+and ``weights.pt`` is the first run's. With K = R = 1 (the default) nothing changes.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from search.commands.evaluate import check_size, data_flags, load_data, print_metrics
-from search.console import console, err_console
+from search.console import console, err_console, print_table
 from search.errors import RunFailed, UsageError
 
 # flag -> TrainConfig field, for the flags that set one
@@ -74,6 +80,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--balanced", action=argparse.BooleanOptionalAction, default=None, help="class-balanced batches"
+    )
+    p.add_argument(
+        "--cv-folds",
+        type=int,
+        default=1,
+        metavar="K",
+        help="patient-grouped folds of train+val, one training each (default 1: the train/val split; "
+        "with folds the test split is not used)",
+    )
+    p.add_argument(
+        "--repeats", type=int, default=1, metavar="R", help="trainings with seeds S, S+1, ... per fold"
+    )
+    p.add_argument(
+        "--patient-regex",
+        metavar="RX",
+        help="regex whose first group is a file name's patient id (default: COVIDx's NCP_341 of "
+        "NCP_341_1834_0022.png)",
+    )
+    p.add_argument(
+        "--patients",
+        metavar="FILE.csv",
+        help="CSV filename,patient overriding --patient-regex (default: DATA/patients.csv if present)",
     )
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/train/<arch>-<time>)")
     p.add_argument("--json", action="store_true", help="print metrics.json instead of tables")
@@ -151,8 +179,10 @@ def run_train(args: argparse.Namespace) -> int:
         device = resolve_device(cfg.device)
     except ValueError as e:
         raise UsageError(f"--{e}") from None
+    cv = resolve_cv(args)
     spec = load_spec(args.arch)
     dataset = load_data(args)
+    grouping = check_grouping(dataset, cv) if cv.folds > 1 else None
     label = spec.name or spec.arch_id
     out = Path(args.out) if args.out else Path("runs") / "train" / f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
@@ -163,6 +193,8 @@ def run_train(args: argparse.Namespace) -> int:
     model = build(spec, 3)
     params = sum(p.numel() for p in model.parameters())
     quiet = bool(getattr(args, "quiet", False))
+    if cv.runs > 1:
+        return _train_runs(args, spec, dataset, cfg, cv, grouping, out, params, str(device), quiet)
     if not quiet:
         err_console().print(
             f"training {label} (arch_id {spec.arch_id}, {params:,} params) on "
@@ -201,3 +233,187 @@ def run_train(args: argparse.Namespace) -> int:
         f"wrote {out}/metrics.json, weights.pt, spec.json, config.yaml ({result.wall_time_s:.1f} s)"
     )
     return 0
+
+
+# ------------------------------------------------------------------ folds and repeated seeds
+def resolve_cv(args: argparse.Namespace) -> Any:
+    """``CVConfig`` from ``--cv-folds``, ``--repeats``, ``--patient-regex`` and ``--patients``."""
+    from evaluators.crossval import CVConfig
+    from evaluators.cv import DEFAULT_PATIENT_REGEX
+
+    for flag in ("cv_folds", "repeats"):
+        value = getattr(args, flag)
+        if value < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if args.cv_folds == 1 and (args.patient_regex or args.patients):
+        _warn("--patient-regex and --patients apply only with --cv-folds 2 or more; ignored")
+    return CVConfig(
+        folds=args.cv_folds,
+        repeats=args.repeats,
+        patient_regex=args.patient_regex or DEFAULT_PATIENT_REGEX,
+        patients_csv=args.patients,
+    )
+
+
+def check_grouping(dataset: Any, cv: Any) -> Any:
+    """The patients of train+val as ``evaluate_runs`` will find them, checked before anything is
+    trained or written: a bad regex or patients file, or fewer patients than folds, is a usage
+    error; images without a patient id are a warning."""
+    from evaluators.cv import group_samples, read_patients_csv
+    from evaluators.data import DatasetError
+
+    samples = [*dataset.split("train"), *dataset.split("val")]
+    if cv.patients_csv and not Path(cv.patients_csv).is_file():
+        raise FileNotFoundError(f"{cv.patients_csv}: no such patients file")
+    patients = read_patients_csv(cv.patients_csv) if cv.patients_csv else None
+    grouping = group_samples(
+        samples,
+        patient_regex=cv.patient_regex,
+        patients=patients,
+        dirs=dict(zip(dataset.sources, dataset.dirs)),
+    )
+    found = len(set(grouping.patients))
+    if found < cv.folds:
+        raise DatasetError(
+            f"--cv-folds {cv.folds} needs at least {cv.folds} patients in train+val, found {found}"
+        )
+    if grouping.warning:
+        _warn(f"warning: {grouping.warning}")
+    return grouping
+
+
+def _warn(text: str) -> None:
+    err_console().print(text, markup=False, soft_wrap=True)
+
+
+def _run_place(run: int, cv: Any, seed: int) -> tuple[int, int]:
+    """(fold, seed) of 1-based run ``run``: ``evaluate_runs`` loops over seeds, then folds."""
+    fold = 0 if cv.folds == 1 else (run - 1) % cv.folds + 1
+    return fold, seed + (run - 1) // cv.folds
+
+
+def _train_runs(
+    args: argparse.Namespace,
+    spec: Any,
+    dataset: Any,
+    cfg: Any,
+    cv: Any,
+    grouping: Any,
+    out: Path,
+    params: int,
+    device: str,
+    quiet: bool,
+) -> int:
+    """``search train`` with K folds x R seeds: every run's accuracy, their mean, spread and interval."""
+    import torch
+
+    from evaluators.crossval import RunsFailed, evaluate_runs
+    from evaluators.training import seed_everything
+    from space import build
+
+    label = spec.name or spec.arch_id
+    if not quiet:
+        if cv.folds > 1:
+            n = len(dataset.splits["train"]) + len(dataset.splits["val"])
+            where = (
+                f"{cv.folds} patient-grouped folds of train+val ({n} images, "
+                f"{len(set(grouping.patients))} patients; test not used)"
+            )
+        else:
+            where = f"{len(dataset.splits['train'])} train / {len(dataset.splits['val'])} val images"
+        err_console().print(
+            f"training {label} (arch_id {spec.arch_id}, {params:,} params) {cv.runs} times on "
+            f"{', '.join(dataset.sources)}: {where}, {cv.repeats} seed{'s' if cv.repeats != 1 else ''} "
+            f"from {cfg.seed}, {cfg.image_size} px, {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, "
+            f"{device}"
+        )
+
+    def make_model(seed: int) -> Any:
+        seed_everything(seed)
+        return build(spec, 3)
+
+    def on_run(run: int, val_accuracy: float) -> None:
+        if not quiet:
+            fold, seed = _run_place(run, cv, cfg.seed)
+            where = f"fold {fold}, " if fold else ""
+            err_console().print(
+                f"run {run}/{cv.runs} ({where}seed {seed}): val accuracy {val_accuracy:.2f} %"
+            )
+
+    common = {
+        "arch": {"name": spec.name, "arch_id": spec.arch_id, "params": params},
+        "device": device,
+        "data": {"given": [str(d) for d in args.data] if args.data else None, **dataset.summary()},
+        "versions": _versions(),
+    }
+    started = time.perf_counter()
+    try:
+        result = evaluate_runs(
+            make_model, dataset, cfg, cv, on_run=on_run, cache_dir=args.cache_dir, progress=not quiet
+        )
+    except RuntimeError as e:
+        # evaluate_runs stops at the first failed run ("run N (fold k, seed s) failed: ...")
+        if not isinstance(e, RunsFailed) and not str(e).startswith("run "):
+            raise
+        (out / "weights.pt").unlink(missing_ok=True)
+        failed = {"status": "failed", "reason": str(e), "config": cfg.to_dict(), "cv": cv.to_dict()}
+        _write_json(out / "metrics.json", {**common, **failed})
+        raise RunFailed(f"{e} (metrics in {out / 'metrics.json'})") from None
+    first = result.first
+    tmp = out / "weights.pt.tmp"
+    torch.save(first.state_dict, tmp)
+    os.replace(tmp, out / "weights.pt")
+    r0 = result.runs[0]
+    metrics = {
+        "arch": common["arch"],
+        **first.to_dict(),  # status, reason, best epoch, history: the first run's (its weights are kept)
+        "val": result.val.to_dict(),  # every run's validation predictions pooled (out-of-fold with folds)
+        "test": result.test.to_dict() if result.test is not None else None,
+        "wall_time_s": time.perf_counter() - started,
+        "val_accuracy": result.accuracy.mean,
+        "val_accuracy_uncertainty": result.accuracy.to_dict(),
+        "runs": result.runs,
+        "cv": result.cv_dict(cv),
+        "weights": {"run": 1, "fold": r0["fold"], "seed": r0["seed"], "val_accuracy": r0["val_accuracy"]},
+        **{k: v for k, v in common.items() if k != "arch"},
+    }
+    _write_json(out / "metrics.json", metrics)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+        return 0
+    rows = [
+        [i, r["fold"] or "-", r["seed"], f"{r['val_accuracy']:.2f}", r["best_epoch"], r["epochs_run"]]
+        for i, r in enumerate(result.runs, start=1)
+    ]
+    kind = f"{cv.folds} folds x {cv.repeats} seeds" if cv.folds > 1 else f"{cv.repeats} seeds"
+    print_table(
+        f"{label}: validation accuracy of each run ({kind})",
+        ["run", "fold", "seed", "val accuracy %", "best epoch", "epochs"],
+        rows,
+    )
+    console().print(f"val accuracy {describe(result.accuracy)}")
+    if result.test is not None:
+        print_metrics(result.test, f"{label} on test, run 1's weights (seed {r0['seed']})")
+    else:
+        print_metrics(result.val, f"{label} on val: out-of-fold predictions of all {cv.runs} runs pooled")
+    if grouping is not None and grouping.warning:
+        console().print(f"warning: {grouping.warning}", markup=False)
+    where = f"fold {r0['fold']}, " if r0["fold"] else ""
+    console().print(
+        f"wrote {out}/metrics.json, weights.pt (run 1: {where}seed {r0['seed']}, val accuracy "
+        f"{r0['val_accuracy']:.2f} %), spec.json, config.yaml ({metrics['wall_time_s']:.1f} s)"
+    )
+    return 0
+
+
+def describe(acc: Any) -> str:
+    """``61.20 +- 3.40 % (std), 95 % interval [57.10, 65.30] (t over 6 runs)`` for an ``Uncertain``."""
+    text = f"{acc.mean:.2f}"
+    if acc.std is not None:
+        text += f" +- {acc.std:.2f}"
+    text += f" % over {len(acc.values)} run{'s' if len(acc.values) != 1 else ''}"
+    if acc.std is not None:
+        text += " (mean +- std)"
+    if acc.ci is not None:
+        text += f", 95 % interval [{acc.ci[0]:.2f}, {acc.ci[1]:.2f}] ({acc.method})"
+    return text
