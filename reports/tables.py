@@ -8,7 +8,7 @@ value is "n/a" in all three (pandas reads "n/a" back as NaN).
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from evaluators.cv import Uncertain
 from reports.metrics import CLASS_NAMES, COVID, MetricsView
 from reports.pareto import dominates, pareto_indices
 from reports.points import unit
@@ -26,7 +27,9 @@ NA = "n/a"
 @dataclass(frozen=True)
 class Column:
     """A column: ``fmt`` is text, int, pct, mega (count/1e6), giga (count/1e9), score, times,
-    delta (signed percentage points) or ci (a ``(value, (low, high) | None)`` pair)."""
+    delta (signed percentage points), ci (a ``(value, (low, high) | None)`` pair) or spread (a
+    ``(mean, std | None, (low, high) | None)`` triple, shown "mean ± std [low, high]" when the std
+    is given)."""
 
     key: str
     header: str
@@ -48,6 +51,12 @@ class Table:
             value, ci = v if isinstance(v, tuple) else (v, None)
             text = _fmt(value, "pct")
             return f"{text} [{ci[0]:.1f}, {ci[1]:.1f}]" if ci is not None and text != NA else text
+        if col.fmt == "spread":
+            mean, std, ci = v if isinstance(v, tuple) else (v, None, None)
+            text = _fmt(mean, "pct")
+            if std is None or text == NA:
+                return text
+            return f"{text} ± {std:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci is not None else "")
         return _fmt(v, col.fmt)
 
     def to_markdown(self) -> str:
@@ -95,6 +104,18 @@ class Table:
                 data[c.header] = vals
                 data[f"{c.header} 95% CI low"] = lows
                 data[f"{c.header} 95% CI high"] = highs
+            elif c.fmt == "spread":
+                triples = [
+                    v if isinstance(v, tuple) else (v, None, None) for v in (r.get(c.key) for r in self.rows)
+                ]
+                data[c.header] = [_raw(m, "pct") for m, _, _ in triples]
+                data[f"{c.header} std"] = [_raw(sd, "pct") for _, sd, _ in triples]
+                data[f"{c.header} 95% CI low"] = [
+                    round(ci[0], 6) if ci and sd is not None else NA for _, sd, ci in triples
+                ]
+                data[f"{c.header} 95% CI high"] = [
+                    round(ci[1], 6) if ci and sd is not None else NA for _, sd, ci in triples
+                ]
             else:
                 data[c.header] = [_raw(r.get(c.key), c.fmt) for r in self.rows]
         return pd.DataFrame(data)
@@ -165,7 +186,8 @@ def table3(rows: pd.DataFrame, size: str) -> Table:
         f"Params, MACs and FLOPs (= 2 x MACs) at {size}x{size}x3 with 3 classes. Trial: the number in "
         "its study (baselines: in the study's ':baselines' companion). NetScore from the "
         "validation accuracy (the search objective) and from the test accuracy; test accuracy with its "
-        "95 % bootstrap interval.",
+        "95 % bootstrap interval. Where a model was trained more than once (--cv-folds, --repeats), "
+        "its val accuracy is the mean ± standard deviation over the runs [95 % t interval].",
         [
             *_model_columns(),
             Column("number", "trial", "int"),
@@ -173,7 +195,7 @@ def table3(rows: pd.DataFrame, size: str) -> Table:
             Column("params", "params (M)", "mega"),
             Column("macs", f"MACs ({macs_unit})", macs_fmt),
             Column("flops", f"FLOPs ({macs_unit})", macs_fmt),
-            Column("val_accuracy", "val accuracy (%)", "pct"),
+            Column("val_accuracy", "val accuracy (%)", "spread"),
             Column("test", "test accuracy (%)", "ci"),
             Column("netscore", "NetScore", "score"),
             Column("netscore_test", "NetScore (test)", "score"),
@@ -189,7 +211,7 @@ def table3(rows: pd.DataFrame, size: str) -> Table:
                 "params": r["params"],
                 "macs": r["macs"],
                 "flops": r["flops"],
-                "val_accuracy": r["val_accuracy"],
+                "val_accuracy": _spread(r),
                 "test": (view.accuracy, view.accuracy_ci) if view else (None, None),
                 "netscore": r["netscore"],
                 "netscore_test": r["netscore_test"],
@@ -200,6 +222,41 @@ def table3(rows: pd.DataFrame, size: str) -> Table:
 
 def _base(r: pd.Series) -> dict[str, Any]:
     return {"label": r["label"], "role": r["role"]}
+
+
+def _uncertainty(r: pd.Series) -> Uncertain | None:
+    """The stored ``val_accuracy_uncertainty`` of a trial's row (``None`` when absent or unreadable)."""
+    attrs = r.get("attrs")
+    d = attrs.get("val_accuracy_uncertainty") if isinstance(attrs, Mapping) else None
+    if not isinstance(d, Mapping):
+        return None
+    try:
+        return Uncertain.from_dict(dict(d))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _spread(r: pd.Series) -> tuple[Any, float | None, tuple[float, float] | None]:
+    """``(mean, std, ci)`` of a row's validation accuracy; std and ci only over several runs."""
+    u = _uncertainty(r)
+    if u is None or len(u.values) < 2 or u.std is None:
+        return (r["val_accuracy"], None, None)
+    return (r["val_accuracy"], float(u.std), u.ci)
+
+
+def _interval(r: pd.Series) -> tuple[Any, tuple[float, float] | None]:
+    u = _uncertainty(r)
+    return (r["val_accuracy"], u.ci if u is not None else None)
+
+
+def significance(candidate: pd.Series, baseline: pd.Series) -> str:
+    """Whether a dominating candidate's validation accuracy is significantly above the baseline's:
+    "yes" when the 95 % intervals of ``val_accuracy_uncertainty`` are apart, "no" when they overlap
+    (``Uncertain.overlaps``), n/a where either trial stored no interval."""
+    c, b = _uncertainty(candidate), _uncertainty(baseline)
+    if c is None or b is None or c.ci is None or b.ci is None:
+        return NA
+    return "no: intervals overlap" if c.overlaps(b) else "yes"
 
 
 def per_class_table(rows: pd.DataFrame, split: str, which: tuple[str, str], number: int) -> Table:
@@ -240,13 +297,17 @@ def tradeoff_table(baselines: pd.DataFrame, candidates: pd.DataFrame) -> Table:
         "Trade-off: found candidates that dominate each baseline",
         "A candidate dominates a baseline when its validation accuracy is no lower and its params and "
         "MACs no higher (one strictly). Listed: the dominating candidates not dominated by another one; "
-        "'of all' counts every dominating candidate. x fewer = baseline / candidate.",
+        "'of all' counts every dominating candidate. x fewer = baseline / candidate. Accuracies with "
+        "their stored 95 % intervals (t over the runs of --cv-folds/--repeats, or the bootstrap over "
+        "the validation images of one run). significant: 'no' marks a dominance that is not "
+        "significant, the two intervals overlapping; n/a: no stored interval.",
         [
             Column("baseline", "baseline"),
-            Column("baseline_acc", "baseline val accuracy (%)", "pct"),
+            Column("baseline_acc", "baseline val accuracy (%)", "ci"),
             Column("candidate", "dominated by"),
             Column("arch_id", "arch_id"),
-            Column("acc", "val accuracy (%)", "pct"),
+            Column("acc", "val accuracy (%)", "ci"),
+            Column("significant", "significant (95 % CIs apart)"),
             Column("delta", "accuracy difference (pp)", "delta"),
             Column("macs_x", "MACs: x fewer", "times"),
             Column("params_x", "params: x fewer", "times"),
@@ -257,7 +318,7 @@ def tradeoff_table(baselines: pd.DataFrame, candidates: pd.DataFrame) -> Table:
     for _, b in baselines.sort_values("macs").iterrows():
         bp = (float(b["val_accuracy"]), float(b["params"]), float(b["macs"]))
         doms = [i for i, p in enumerate(pts) if dominates(p, bp)]
-        head = {"baseline": b["label"], "baseline_acc": bp[0], "count": len(doms)}
+        head = {"baseline": b["label"], "baseline_acc": _interval(b), "count": len(doms)}
         if not doms:
             t.rows.append({**head, "candidate": "none"})
             continue
@@ -269,12 +330,19 @@ def tradeoff_table(baselines: pd.DataFrame, candidates: pd.DataFrame) -> Table:
                     **head,
                     "candidate": c["label"],
                     "arch_id": c["arch_id"],
-                    "acc": pts[i][0],
+                    "acc": _interval(c),
+                    "significant": significance(c, b),
                     "delta": pts[i][0] - bp[0],
                     "macs_x": bp[2] / pts[i][2],
                     "params_x": bp[1] / pts[i][1],
                 }
             )
+    weak = sum(1 for r in t.rows if str(r.get("significant", "")).startswith("no"))
+    if weak:
+        t.note += (
+            f" Not significant: {weak} of the {sum(1 for r in t.rows if 'acc' in r)} listed dominances "
+            "(their accuracy intervals overlap the baseline's)."
+        )
     return t
 
 

@@ -296,3 +296,77 @@ def test_default_report_dir_is_inside_out(tmp_path: Path) -> None:
     assert main(["--quiet", "report", "--out", str(tmp_path), "--split", "val"]) == 0
     t4 = pd.read_csv(tmp_path / "report" / "table4.csv")
     assert len(t4) >= 1 and "val split" in (tmp_path / "report" / "table4.md").read_text()
+
+
+def _uncertainty(values: list[float], ci: list[float] | None = None) -> dict[str, Any]:
+    from evaluators.cv import Uncertain
+
+    return Uncertain.of(values, single_run_ci=ci).to_dict()
+
+
+def test_tradeoff_marks_a_dominance_that_is_not_significant(tmp_path: Path) -> None:
+    """Candidates evaluated over folds: one significantly above the baseline (intervals apart), one
+    whose interval overlaps the baseline's (marked "no"), one without a stored interval (n/a);
+    Table 3 shows mean ± std [interval] only where there were several runs."""
+    from optuna.trial import create_trial
+
+    from evaluators.cv import Uncertain
+    from tests.reports.studies import _trained_attrs
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    directions = ["maximize", "minimize", "minimize"]
+    search = optuna.create_study(storage=url, study_name="u", directions=directions)
+    bases = optuna.create_study(storage=url, study_name="u:baselines", directions=directions)
+    bases.set_user_attr("kind", "baseline")
+    # (name, fold accuracies or None, params, MACs)
+    cands = [
+        ("apart", [89.0, 90.0, 91.0], 1_000_000, 20_000_000),  # [87.5, 92.5] vs the baseline's [75.0, 85.0]
+        ("overlap", [80.0, 82.0, 84.0], 500_000, 10_000_000),  # [77.0, 87.0]
+        ("plain", None, 800_000, 15_000_000),  # an older trial: no val_accuracy_uncertainty
+    ]
+    for name, values, p, m in cands:
+        acc = sum(values) / len(values) if values else 85.0
+        attrs = {**_trained_attrs(acc, p, m, (25, 25), 60.0), "kind": "search", "arch_id": name}
+        if values:
+            attrs["val_accuracy_uncertainty"] = _uncertainty(values)
+        search.add_trial(create_trial(values=[acc, float(p), float(m)], user_attrs=attrs))
+    for name, values, ci, p, m in [
+        ("big", [78.0, 80.0, 82.0], None, 2_000_000, 40_000_000),
+        ("single", [70.0], [60.0, 80.0], 3_000_000, 50_000_000),  # one run: its bootstrap interval
+    ]:
+        acc = sum(values) / len(values)
+        attrs = {**_trained_attrs(acc, p, m, (25, 25), 60.0), "kind": "baseline", "display_name": name}
+        attrs.update(
+            {"baseline": name, "arch_id": name, "val_accuracy_uncertainty": _uncertainty(values, ci)}
+        )
+        bases.add_trial(create_trial(values=[acc, float(p), float(m)], user_attrs=attrs))
+    out = tmp_path / "report"
+    build_report(url, "u", out)
+
+    trade = pd.read_csv(out / "tradeoff.csv", keep_default_na=False)
+    sig = {(r["baseline"], r["arch_id"]): r["significant (95 % CIs apart)"] for _, r in trade.iterrows()}
+    assert sig[("big", "apart")] == "yes"
+    assert sig[("big", "overlap")] == "no: intervals overlap"
+    assert sig[("big", "plain")] == "n/a"
+    # against the one-run baseline's bootstrap interval [60, 80]: only "overlap" touches it
+    assert sig[("single", "apart")] == "yes" and sig[("single", "overlap")] == "no: intervals overlap"
+    # the marking is Uncertain.overlaps of the stored intervals
+    big = Uncertain.from_dict(_uncertainty([78.0, 80.0, 82.0]))
+    assert Uncertain.from_dict(_uncertainty([80.0, 82.0, 84.0])).overlaps(big)
+    assert not Uncertain.from_dict(_uncertainty([89.0, 90.0, 91.0])).overlaps(big)
+    row = trade[(trade["baseline"] == "big") & (trade["arch_id"] == "apart")].iloc[0]
+    lo, hi = big.ci  # type: ignore[misc]
+    assert float(row["baseline val accuracy (%) 95% CI low"]) == pytest.approx(lo)
+    assert float(row["baseline val accuracy (%) 95% CI high"]) == pytest.approx(hi)
+    md = (out / "tradeoff.md").read_text()
+    assert "no: intervals overlap" in md and "Not significant: 2 of the 6 listed dominances" in md
+
+    t3 = pd.read_csv(out / "table3.csv", keep_default_na=False).set_index("model")
+    assert float(t3.loc["#0 apart", "val accuracy (%) std"]) == pytest.approx(1.0)
+    assert t3.loc["#2 plain", "val accuracy (%) std"] == "n/a"
+    assert t3.loc["single", "val accuracy (%) std"] == "n/a"  # one run: no spread shown
+    assert float(t3.loc["single", "val accuracy (%)"]) == pytest.approx(70.0)
+    md3 = (out / "table3.md").read_text()
+    u = _uncertainty([89.0, 90.0, 91.0])
+    assert f"| 90.0 ± 1.0 [{u['ci'][0]:.1f}, {u['ci'][1]:.1f}] |" in md3
+    assert "| 70.0 |" in md3 and "| 85.0 |" in md3
