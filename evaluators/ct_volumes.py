@@ -12,7 +12,6 @@ read, so a bad file is reported in seconds, not after an hour of work.
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import os
 from collections import Counter, defaultdict
@@ -22,6 +21,8 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+
+from evaluators.extras import require as _require
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # Sidecar files that scan folders often hold (reports, tables, previews): not slices, not read.
@@ -35,18 +36,9 @@ _GEOMETRY_TAGS = ("ImagePositionPatient", "ImageOrientationPatient")
 MIN_AXIAL_COSINE = 0.9  # slice normal within about 25 degrees of the body axis (gantry tilt)
 
 
-class MissingExtraError(ImportError):
-    """An optional dependency is missing; the message names the extra that installs it."""
-
-
 def require(module: str, extra: str = "prepare") -> ModuleType:
-    """Import ``module`` or raise :class:`MissingExtraError` naming the extra that provides it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise MissingExtraError(
-            f"{module} is not installed; install the [{extra}] extra: pip install '.[{extra}]'"
-        ) from e
+    """``evaluators.extras.require`` with this module's extra as the default."""
+    return _require(module, extra)
 
 
 class PrepareError(ValueError):

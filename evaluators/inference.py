@@ -12,7 +12,6 @@ Models run through ONNX Runtime (``OnnxClassifier``, the ``[onnx]`` extra) or Py
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,23 +21,17 @@ from typing import Any
 
 import numpy as np
 
+from evaluators.extras import MissingExtraError
+from evaluators.extras import require as _require
+
 CLASS_NAMES = ("Normal", "Pneumonia", "COVID-19")  # COVIDx CT's class order
 METADATA_PREFIX = "covidnet_nas."  # keys of the ONNX model's metadata_props written by the export
 _GAUSS5 = None  # the 5-tap kernel, built on first use
 
 
-class MissingExtraError(ImportError):
-    """An optional dependency is not installed; the message names the extra that provides it."""
-
-
 def require(module: str, extra: str = "onnx") -> ModuleType:
-    """Import ``module`` or raise ``MissingExtraError`` naming the extra that provides it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise MissingExtraError(
-            f"{module} is not installed; install the [{extra}] extra: pip install '.[{extra}]'"
-        ) from e
+    """``evaluators.extras.require`` with this module's extra as the default."""
+    return _require(module, extra)
 
 
 # ----------------------------------------------------------------------------- body crop

@@ -95,9 +95,11 @@ def _global_flags_first(argv: list[str]) -> list[str]:
 
 
 def _is_usage(e: Exception) -> bool:
+    from evaluators.extras import MissingExtraError
     from space.spec import SpecError
 
-    return isinstance(e, (UsageError, SpecError, KeyError, FileNotFoundError, ValueError))
+    usage = (UsageError, SpecError, KeyError, FileNotFoundError, ValueError, MissingExtraError)
+    return isinstance(e, usage)
 
 
 def _one_line(e: Exception) -> str:

@@ -15,8 +15,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from search.errors import UsageError
-
 PARITY_ATOL = 1e-4
 OPSET = 18
 
@@ -42,14 +40,9 @@ def onnx_parity(
 
 
 def _require(module: str) -> Any:
-    import importlib
+    from evaluators.extras import require
 
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise UsageError(
-            f"{module} is not installed; install the [onnx] extra: pip install '.[onnx]'"
-        ) from None
+    return require(module, "onnx")
 
 
 def _export(model: nn.Module, path: str | Path, size: tuple[int, ...]) -> None:

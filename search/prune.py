@@ -42,14 +42,10 @@ BISECTION_STEPS = 14
 
 
 def require_torch_pruning() -> ModuleType:
-    """``torch_pruning``, or a ``UsageError`` naming the extra that installs it."""
-    try:
-        import torch_pruning
-    except ImportError:
-        raise UsageError(
-            "torch-pruning is not installed; install the [prune] extra: pip install '.[prune]'"
-        ) from None
-    return torch_pruning
+    """``torch_pruning``, or a ``MissingExtraError`` naming the extra that installs it."""
+    from evaluators.extras import require
+
+    return require("torch_pruning", "prune")
 
 
 def default_scope(importance: str) -> str:

@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from evaluators.ct_volumes import MissingExtraError
+    from evaluators.extras import MissingExtraError
     from evaluators.prepare import PrepareConfig, parse_split, prepare_dataset
 
     config = PrepareConfig(

@@ -96,7 +96,7 @@ def run_explain_command(args: argparse.Namespace) -> int:
     import optuna
 
     from evaluators.explain import inputs_from_files
-    from evaluators.inference import MissingExtraError
+    from evaluators.extras import MissingExtraError
     from search.explain import (
         load_exported,
         load_trial,

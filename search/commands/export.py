@@ -77,7 +77,7 @@ def _open(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from evaluators.inference import MissingExtraError
+    from evaluators.extras import MissingExtraError
 
     try:
         return _run_export(args)

@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from evaluators.inference import MissingExtraError
+    from evaluators.extras import MissingExtraError
 
     try:
         return _run_predict(args)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from evaluators import prepare as prepare_module
-from evaluators.ct_volumes import MissingExtraError, PrepareError, require
+from evaluators.ct_volumes import PrepareError, require
+from evaluators.extras import MissingExtraError
 from evaluators.prepare import PrepareConfig, prepare_dataset
 from tests.evaluators.prepare_cases import (
     CT_SMALL,

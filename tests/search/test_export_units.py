@@ -207,7 +207,8 @@ def test_export_a_trained_baseline(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def test_a_missing_extra_names_it() -> None:
-    from evaluators.inference import MissingExtraError, require
+    from evaluators.extras import MissingExtraError
+    from evaluators.inference import require
 
     with pytest.raises(MissingExtraError, match=r"install the \[onnx\] extra: pip install '\.\[onnx\]'"):
         require("covidnet_nas_no_such_module")

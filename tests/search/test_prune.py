@@ -12,6 +12,7 @@ from torch import nn
 
 from baselines import create_baseline
 from evaluators import profile
+from evaluators.extras import MissingExtraError
 from search.errors import RunFailed, UsageError
 from search.prune import (
     accumulate_gradients,
@@ -182,5 +183,8 @@ def test_a_channel_config_names_real_layers() -> None:
 
 def test_missing_torch_pruning_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "torch_pruning", None)
-    with pytest.raises(UsageError, match=r"install the \[prune\] extra: pip install '\.\[prune\]'"):
+    with pytest.raises(MissingExtraError, match=r"install the \[prune\] extra: pip install '\.\[prune\]'"):
         require_torch_pruning()
+    from search.cli import main
+
+    assert main(["--quiet", "prune", "--arch", "ct-s", "--target-ratio", "0.5"]) == 2  # one line, exit 2
