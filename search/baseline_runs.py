@@ -38,7 +38,8 @@ def config_key(config: RunConfig, data_hash: str) -> str:
     return hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def open_baselines_study(storage: BaseStorage, study: str) -> optuna.Study:
+def open_baselines_study(storage: BaseStorage, study: str, artifacts: str) -> optuna.Study:
+    """The ``<study>:baselines`` study, created on first use; it records where its weights are."""
     names, directions = OBJECTIVES["pareto"]
     s = optuna.create_study(
         storage=storage, study_name=baselines_study_name(study), directions=directions, load_if_exists=True
@@ -47,6 +48,8 @@ def open_baselines_study(storage: BaseStorage, study: str) -> optuna.Study:
         s.set_metric_names(names)
         s.set_user_attr("kind", KIND_BASELINE)
         s.set_user_attr("search_study", study)
+    if "artifacts" not in s.user_attrs:
+        s.set_user_attr("artifacts", artifacts)
     return s
 
 
@@ -83,7 +86,7 @@ def run_baselines(
     from baselines import baseline_info, create_baseline
     from evaluators import netscore, profile
 
-    study = open_baselines_study(storage, config.study)
+    study = open_baselines_study(storage, config.study, config.artifacts_dir)
     key = config_key(config, evaluator.data_attrs()["data_hash"])
     size = config.complexity_size
     outcomes = []

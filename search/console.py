@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
@@ -10,9 +12,14 @@ from rich.console import Console
 from rich.table import Table
 
 
+def _width() -> int | None:
+    """Piped output (logs, CI, tests) gets a wide page so tables are never cut to 80 columns."""
+    return None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+
+
 @lru_cache(maxsize=1)
 def console() -> Console:
-    return Console(highlight=False)
+    return Console(highlight=False, width=_width())
 
 
 @lru_cache(maxsize=1)

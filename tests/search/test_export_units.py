@@ -163,7 +163,7 @@ def test_export_a_trained_baseline(tmp_path: Path, capsys: pytest.CaptureFixture
     storage = open_storage(config.storage_url)
     search_study = optuna.create_study(storage=storage, study_name="t", directions=["maximize"])
     search_study.set_user_attr("run_config", config.to_dict())
-    study = open_baselines_study(storage, "t")
+    study = open_baselines_study(storage, "t", str(tmp_path / "artifacts"))
     study.set_user_attr("artifacts", config.artifacts_dir)
     torch.manual_seed(0)
     model = create_baseline("squeezenet1_1", num_classes=3, in_chans=3)
