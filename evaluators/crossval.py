@@ -136,9 +136,8 @@ def evaluate_runs(
 
     def record(res: TrainResult, fold: int, repeat: int, val_arr: SplitArrays | None) -> None:
         if not res.ok or res.val is None:
-            raise RuntimeError(
-                f"run {len(runs) + 1} (fold {fold}, seed {res.config.seed}) {res.status}: {res.reason}"
-            )
+            where = f"run {len(runs) + 1} (fold {fold}, seed {res.config.seed})" if cv.runs > 1 else "run"
+            raise RunsFailed(f"{where} {res.status}: {res.reason}")
         results.append(res)
         runs.append(
             {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from search.commands.run import add_run_flags, config_from_args
@@ -60,16 +60,26 @@ def resolve_config(args: argparse.Namespace, storage: Any) -> tuple[RunConfig, l
     return RunConfig(**merged), sorted(differs)
 
 
-def run_baselines_command(args: argparse.Namespace) -> int:
+@dataclass
+class TrainingSetup:
+    """What a command that trains beside a search needs: the storage, the resolved configuration,
+    an evaluator on the study's data and the artifact store."""
+
+    storage: Any
+    config: RunConfig
+    evaluator: Any
+    store: Any
+
+
+def training_setup(args: argparse.Namespace, what: str) -> TrainingSetup:
+    """Open the storage, take the search study's training configuration (flags override it, with
+    a warning naming what differs, since ``what`` is then not on the search's scale)."""
     import optuna
 
-    from search.artifacts import upload_weights
-    from search.baseline_runs import run_baselines
     from search.objective import TrainingEvaluator
     from search.storage import artifact_store, open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    names = _names(args.only)
     probe = config_from_args(args)
     probe.out_dir.mkdir(parents=True, exist_ok=True)
     storage = open_storage(probe.storage_url)
@@ -77,10 +87,18 @@ def run_baselines_command(args: argparse.Namespace) -> int:
     if differs:
         err_console().print(
             f"warning: {', '.join(differs)} differ from study {config.study!r}'s search trials; "
-            "these baselines are not on the search's scale"
+            f"{what} not on the search's scale"
         )
-    evaluator = TrainingEvaluator(config)
-    store = artifact_store(config.artifacts_dir)
+    return TrainingSetup(storage, config, TrainingEvaluator(config), artifact_store(config.artifacts_dir))
+
+
+def run_baselines_command(args: argparse.Namespace) -> int:
+    from search.artifacts import upload_weights
+    from search.baseline_runs import run_baselines
+
+    names = _names(args.only)
+    setup = training_setup(args, "these baselines are")
+    config, evaluator, store, storage = setup.config, setup.evaluator, setup.store, setup.storage
     con = console()
 
     def on_done(outcome: Any) -> None:

@@ -6,9 +6,9 @@ import argparse
 import contextlib
 from typing import Any
 
-from search.commands.baselines import INHERITED, resolve_config
-from search.commands.run import add_run_flags, config_from_args, parse_count
-from search.console import console, err_console, print_table
+from search.commands.baselines import INHERITED, training_setup
+from search.commands.run import add_run_flags, parse_count
+from search.console import console, print_table
 
 HELP = {
     "trial": "prune trial N of the search study",
@@ -81,28 +81,14 @@ def request_from(args: argparse.Namespace) -> Any:
 
 
 def run_prune_command(args: argparse.Namespace) -> int:
-    import optuna
-
     from search.artifacts import upload_weights
-    from search.objective import TrainingEvaluator
     from search.prune import require_torch_pruning
     from search.prune_runs import run_prune
-    from search.storage import artifact_store, open_storage
 
     require_torch_pruning()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     request = request_from(args)
-    probe = config_from_args(args)
-    probe.out_dir.mkdir(parents=True, exist_ok=True)
-    storage = open_storage(probe.storage_url)
-    config, differs = resolve_config(args, storage)
-    if differs:
-        err_console().print(
-            f"warning: {', '.join(differs)} differ from study {config.study!r}'s search trials; "
-            "this pruned model is not on the search's scale"
-        )
-    evaluator = TrainingEvaluator(config)
-    store = artifact_store(config.artifacts_dir)
+    setup = training_setup(args, "this pruned model is")
+    config, evaluator, store, storage = setup.config, setup.evaluator, setup.store, setup.storage
     con = console()
 
     def on_step(step: Any) -> None:
