@@ -171,11 +171,8 @@ def trial_line(report: Any) -> str:
 
 
 def _resume_command() -> str:
-    return (
-        "search " + shlex.join(sys.argv[1:])
-        if sys.argv and sys.argv[0].endswith("search")
-        else "the same command"
-    )
+    """The command line that resumes this run (the same arguments resume the same study)."""
+    return "search " + shlex.join(sys.argv[1:])
 
 
 def run_search(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -176,3 +177,39 @@ def test_a_worker_killed_mid_trial_is_failed_and_retried(tmp_path: Path) -> None
         for t in study.trials
         if t.number > killed_number
     )
+
+
+def test_journal_storage_runs_resumes_and_reports_status(tmp_path: Path) -> None:
+    url = f"journal:{tmp_path / 'study.log'}"
+    args = ["run", "--storage", url, "--study", "j", "--out", str(tmp_path), *FAST]
+    assert _search(*args, "--trials", "2").returncode == 0
+    r = _search(*args, "--trials", "3")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "resumed" in r.stdout
+    s = _search("status", "--storage", url, "--study", "j", "--json")
+    assert s.returncode == 0, s.stderr
+    status = json.loads(s.stdout)
+    assert status["counts"]["complete"] == 3 and status["pareto"]
+    assert {p["number"] for p in status["pareto"]} <= {0, 1, 2}
+
+
+def test_ctrl_c_marks_the_running_trial_and_prints_the_resume_command(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'i.db'}"
+    args = ["run", "--trials", "3", "--storage", url, "--study", "i", "--out", str(tmp_path)]
+    worker = _popen(*args, "--epochs", "30", "--image-size", "64", "--complexity-size", "64", "--quiet")
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            study = optuna.load_study(study_name="i", storage=url)
+            if any(t.state.name == "RUNNING" and t.user_attrs.get("arch_id") for t in study.trials):
+                break
+        except KeyError:
+            pass
+        time.sleep(0.3)
+    time.sleep(1.0)  # inside the training loop
+    worker.send_signal(signal.SIGINT)
+    out = worker.communicate(timeout=60)[0]
+    assert worker.returncode == 130, out
+    assert "interrupted" in out and "resume with: search run --trials 3" in out
+    study = optuna.load_study(study_name="i", storage=url)
+    assert study.trials[0].state.name == "FAIL" and study.trials[0].user_attrs["status"] == "interrupted"
