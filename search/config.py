@@ -36,7 +36,7 @@ class RunConfig:
     study: str = "covidnet-ct"
     artifacts: str | None = None
     # what is searched and how
-    trials: int = 6
+    trials: int = 12
     objective: str = "pareto"
     sampler: str | None = None
     seed: int = 0
@@ -48,7 +48,7 @@ class RunConfig:
     prune_warmup: int = 1
     prune_margin: float = 5.0
     # how each candidate is trained
-    epochs: int = 2
+    epochs: int = 4
     image_size: int = 64
     batch_size: int = 8
     lr: float = 5e-4
