@@ -97,6 +97,34 @@ def open_storage(url: str, heartbeat: int | None = None, max_retry: int = 2) -> 
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def load_existing_study(
+    url: str | None, run_dir: str | Path, study: str, dir_flag: str = "--out"
+) -> tuple[BaseStorage, optuna.Study]:
+    """An existing study, for commands that read one (status, export, explain).
+
+    Args:
+        url: the ``--storage`` URL, or ``None`` for ``run_dir/study.db``.
+        run_dir: the run's output folder.
+        study: the study name.
+        dir_flag: the command's flag for ``run_dir``, for the message.
+
+    Raises:
+        UsageError: no database at the default place (nothing is created), or no such study
+            (the message lists the studies there).
+    """
+    if not url:
+        db = Path(run_dir) / "study.db"
+        if not db.is_file():
+            raise UsageError(f"no study database at {db}; pass {dir_flag} DIR or --storage URL")
+        url = f"sqlite:///{db.resolve()}"
+    storage = open_storage(url)
+    try:
+        return storage, optuna.load_study(study_name=study, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise UsageError(f"no study named {study!r}; studies here: {', '.join(names) or 'none'}") from None
+
+
 def redact(url: str) -> str:
     """``url`` without a password."""
     if "@" in url and "://" in url:

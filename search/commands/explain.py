@@ -61,24 +61,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _open_study(args: argparse.Namespace) -> tuple[Any, Any]:
-    import optuna
-
-    from search.storage import open_storage
+    from search.storage import load_existing_study
 
     config = config_from_args(args)
-    if not config.storage and not (config.out_dir / "study.db").is_file():
-        raise UsageError(
-            f"no study database at {config.out_dir / 'study.db'}; pass --out DIR or --storage URL"
-        )
-    storage = open_storage(config.storage_url)
-    try:
-        study = optuna.load_study(study_name=config.study, storage=storage)
-    except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-        raise UsageError(
-            f"no study named {config.study!r}; studies here: {', '.join(names) or 'none'}"
-        ) from None
-    return storage, study
+    return load_existing_study(config.storage, config.out_dir, config.study)
 
 
 def _check(args: argparse.Namespace) -> None:

@@ -54,26 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _open(args: argparse.Namespace) -> tuple[Any, Any]:
-    import optuna
+    from search.storage import load_existing_study
 
-    from search.storage import open_storage
-
-    if args.storage:
-        url = args.storage
-    else:
-        db = Path(args.run) / "study.db"
-        if not db.is_file():
-            raise UsageError(f"no study database at {db}; pass --run DIR or --storage URL")
-        url = f"sqlite:///{db.resolve()}"
-    storage = open_storage(url)
-    try:
-        study = optuna.load_study(study_name=args.study, storage=storage)
-    except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-        raise UsageError(
-            f"no study named {args.study!r}; studies here: {', '.join(names) or 'none'}"
-        ) from None
-    return storage, study
+    return load_existing_study(args.storage, args.run, args.study, dir_flag="--run")
 
 
 def run_export(args: argparse.Namespace) -> int:

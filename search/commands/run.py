@@ -12,7 +12,6 @@ from typing import Any
 
 from search.config import OBJECTIVES, SAMPLERS, RunConfig, resolve, write_yaml
 from search.console import console, err_console, print_table
-from search.errors import UsageError
 
 HELP = {
     "data": "COVIDx-format data folder; repeat for a union of cohorts (default: the bundled data)",
@@ -270,22 +269,12 @@ def run_status(args: argparse.Namespace) -> int:
 
     import optuna
 
-    from search.storage import open_storage
+    from search.storage import load_existing_study
     from search.study import best_netscore, pareto_trials
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     config = config_from_args(args)
-    url = config.storage_url
-    if not config.storage and not (config.out_dir / "study.db").is_file():
-        raise UsageError(f"no study database at {config.out_dir / 'study.db'}; pass --out or --storage")
-    storage = open_storage(url)
-    try:
-        study = optuna.load_study(study_name=config.study, storage=storage)
-    except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-        raise UsageError(
-            f"no study named {config.study!r}; studies here: {', '.join(names) or 'none'}"
-        ) from None
+    _, study = load_existing_study(config.storage, config.out_dir, config.study)
     trials = study.get_trials(deepcopy=False)
     counts: dict[str, int] = {}
     for t in trials:
