@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 from optuna.trial import FrozenTrial
 from torch import nn
 
@@ -74,9 +73,8 @@ def _size(value: Any, where: str) -> int:
 
 def load_exported(folder: str | Path, image_size: int | None = None) -> LoadedModel:
     """An export folder of ``search export``: ``spec.json`` + ``weights.pt`` (+ ``model.json``)."""
-    from search.export import rebuild
+    from search.export import load_exported
     from search.predict import read_card
-    from space import SpecError
 
     path = Path(folder)
     if not path.is_dir():
@@ -91,33 +89,15 @@ def load_exported(folder: str | Path, image_size: int | None = None) -> LoadedMo
             else " (not an export of `search export`)"
         )
         raise UsageError(f"{path}: no {missing} in this folder{hint}")
-    try:
-        description = json.loads(spec.read_text())
-    except ValueError as e:
-        raise UsageError(f"{spec}: not valid JSON ({e})") from None
-    if not isinstance(description, dict):
-        raise UsageError(f"{spec}: expected a JSON object (an ArchSpec or a baseline builder)")
     card = read_card(path)
     architecture = card.get("architecture") if isinstance(card.get("architecture"), dict) else None
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UsageError(f"{weights}: not a readable state dict ({e})") from None
-    try:
-        model = rebuild(architecture or description, state)
-    except SpecError as e:
-        raise e.in_file(str(spec)) from None
-    except RuntimeError as e:
-        raise UsageError(
-            f"{weights}: does not fit the architecture of {spec}: {str(e).splitlines()[0]}"
-        ) from None
+    model = load_exported(spec, weights, architecture)
+    description = architecture or json.loads(spec.read_text())
     size = image_size or (card.get("input") or {}).get("image_size")
     if not size:
         raise UsageError(f"no model.json in {path} says the input size; pass --image-size N")
     data_dirs = (card.get("data") or {}).get("data_dirs") or None
-    return LoadedModel(
-        model.eval(), _layer(model, architecture or description), _size(size, str(path)), str(path), data_dirs
-    )
+    return LoadedModel(model.eval(), _layer(model, description), _size(size, str(path)), str(path), data_dirs)
 
 
 def load_trial(

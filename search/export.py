@@ -67,6 +67,7 @@ __all__ = [
     "find_baseline",
     "find_trial",
     "library_versions",
+    "load_exported",
     "load_trial_model",
     "pick_trials",
     "rebuild",
@@ -239,6 +240,35 @@ def rebuild(description: dict[str, Any], state: Any) -> nn.Module:
     model = build_from(description)
     model.load_state_dict(state)
     return model.eval()
+
+
+def load_exported(
+    spec_path: Path, weights_path: Path, architecture: dict[str, Any] | None = None
+) -> nn.Module:
+    """The network of an export folder's ``spec.json`` (or ``architecture``, a model card's) holding
+    ``weights.pt``, in eval mode; every problem is a one-line ``UsageError`` naming the file."""
+    from space import SpecError
+
+    try:
+        description = json.loads(Path(spec_path).read_text())
+    except ValueError as e:
+        raise UsageError(f"{spec_path}: not valid JSON ({e})") from None
+    if not isinstance(description, dict):
+        raise UsageError(f"{spec_path}: expected a JSON object (an ArchSpec or a baseline builder)")
+    if not Path(weights_path).is_file():
+        raise UsageError(f"{weights_path}: no such weights file (pass --weights FILE)")
+    try:
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UsageError(f"{weights_path}: not a readable state dict ({e})") from None
+    try:
+        return rebuild(architecture or description, state)
+    except SpecError as e:
+        raise e.in_file(str(spec_path)) from None
+    except RuntimeError as e:
+        raise UsageError(
+            f"{weights_path}: does not fit the architecture of {spec_path}: {str(e).splitlines()[0]}"
+        ) from None
 
 
 def load_trial_model(study: optuna.Study, trial: FrozenTrial, artifacts: str | None = None) -> nn.Module:

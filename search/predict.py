@@ -11,8 +11,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from search.errors import UsageError
 
 MODEL_FILES = ("model.onnx", "spec.json", "weights.pt", "model.json")
@@ -73,30 +71,10 @@ def load_classifier(
 def _torch_classifier(
     path: Path, weights: str | Path | None, image_size: int | None, make: Any, names: Any
 ) -> Any:
-    from search.export import input_channels, rebuild
-    from space import SpecError
+    from search.export import input_channels, load_exported
 
-    try:
-        description = json.loads(path.read_text())
-    except ValueError as e:
-        raise UsageError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(description, dict):
-        raise UsageError(f"{path}: expected a JSON object (an ArchSpec or a baseline builder)")
     wpath = Path(weights) if weights else path.parent / "weights.pt"
-    if not wpath.is_file():
-        raise UsageError(f"{wpath}: no such weights file (pass --weights FILE)")
-    try:
-        state = torch.load(wpath, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UsageError(f"{wpath}: not a readable state dict ({e})") from None
-    try:
-        net = rebuild(description, state)
-    except SpecError as e:
-        raise e.in_file(str(path)) from None
-    except RuntimeError as e:
-        raise UsageError(
-            f"{wpath}: does not fit the architecture of {path}: {str(e).splitlines()[0]}"
-        ) from None
+    net = load_exported(path, wpath)
     card = read_card(path)
     size = image_size or (card.get("input") or {}).get("image_size")
     if not size:
