@@ -27,6 +27,21 @@ def err_console() -> Console:
     return Console(stderr=True, highlight=False)
 
 
+def progress_bar(*, quiet: bool = False, transient: bool = True, stderr: bool = False) -> Any:
+    """The commands' progress bar: description, bar, done/total, ETA (``quiet`` hides it)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console() if stderr else console(),
+        disable=quiet,
+        transient=transient,
+    )
+
+
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """A table with right-aligned numbers and left-aligned text."""
     table = Table(title=title, title_justify="left")

@@ -103,22 +103,13 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 
 def _with_progress(config: Any, prepare: Any) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from search.console import progress_bar
 
-    from search.console import err_console
-
-    columns = (
-        TextColumn("preparing"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.description}"),
-    )
-    with Progress(*columns, console=err_console(), transient=True) as bar:
-        task = bar.add_task("", total=None)
+    with progress_bar(stderr=True) as bar:
+        task = bar.add_task("preparing", total=None)
 
         def report(done: int, total: int, scan_id: str) -> None:
-            bar.update(task, completed=done, total=total, description=scan_id)
+            bar.update(task, completed=done, total=total, description=f"preparing {scan_id}")
 
         return prepare(config, progress=report)
 

@@ -136,18 +136,10 @@ def _slug(name: str) -> str:
 
 
 def _with_progress(args: argparse.Namespace, loaded: Any, inputs: Any, source: str, run: Any) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from search.console import progress_bar
 
     quiet = bool(getattr(args, "quiet", False)) or bool(args.json)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console(),
-        disable=quiet,
-        transient=True,
-    ) as progress:
+    with progress_bar(quiet=quiet) as progress:
         task = progress.add_task(f"explaining ({args.method})", total=len(inputs))
         return run(
             loaded,

@@ -120,18 +120,10 @@ class _Display:
     """A progress bar over trials (ETA, best NetScore, Pareto size), a line per finished trial."""
 
     def __init__(self, total: int, epochs: int, quiet: bool) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from search.console import progress_bar
 
         self.quiet = quiet
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=console(),
-            disable=quiet,
-            transient=False,
-        )
+        self.progress = progress_bar(quiet=quiet, transient=False)
         self.trials = self.progress.add_task("trials", total=total)
         self.epochs = self.progress.add_task("  epochs", total=epochs, visible=False)
 
