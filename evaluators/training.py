@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -282,6 +282,43 @@ class _Progress:
                 f"train {row['train_accuracy']:.1f} %, val {val}, lr {row['lr']:.3g}, "
                 f"{row['seconds']:.1f} s"
             )
+
+
+def recalibrate_batch_norm(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Recompute every batch norm's running statistics as exact averages over ``batches``.
+
+    Running statistics are an exponential average over the last ~10 steps of changing weights;
+    after a short run at a high learning rate (or after averaging weights) they no longer match
+    the weights, and the network in eval mode can fall to chance while in train mode it is
+    accurate. This is "precise BN": reset, then one pass in train mode with a cumulative average
+    (``momentum=None``), no gradients. The model's train/eval mode and momenta are restored.
+
+    Returns:
+        The number of images seen (0: no batch norm, or no batches; nothing changed then).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 0
+    was_training = model.training
+    momenta = [m.momentum for m in norms]
+    saved = [(m.running_mean.clone(), m.running_var.clone()) for m in norms if m.track_running_stats]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    seen = 0
+    model.train()
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+            seen += int(x.shape[0])
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    if seen == 0:  # nothing to average over: put the old statistics back
+        for m, (mean, var) in zip([m for m in norms if m.track_running_stats], saved):
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+    model.train(was_training)
+    return seen
 
 
 def seed_everything(seed: int) -> None:

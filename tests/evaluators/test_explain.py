@@ -121,8 +121,10 @@ def audits(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], An
     return out
 
 
-# Thresholds hold for training seeds 0-5 (worst seen: marked mean 0.34 with 10/16 flagged, clean mean
-# 0.70); the test uses seed 0.
+# Measured over training seeds 0-5 (torch 2.14.1, after the batch-norm recalibration in train_tiny):
+# every model 100 % accurate; seed 0 (the test's) marked 0.19 / 0.29 share inside with 16/16
+# flagged, clean 0.96 / 0.92 with 0/16. The share thresholds hold for seeds 0, 1, 3 and 4; seed 2's
+# integrated gradients flag only 8/16 marked images and seed 5's clean model has 0.55 inside.
 @pytest.mark.parametrize("method", METHODS)
 def test_audit_flags_a_model_that_reads_a_padding_mark(audits: dict, method: str) -> None:
     s = audits["marked", method]

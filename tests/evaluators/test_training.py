@@ -347,3 +347,24 @@ def test_progress_bar_output(data: CTDataset, tmp_path: Path, capsys: pytest.Cap
 def test_train_on_gpu(data: CTDataset, tmp_path: Path) -> None:
     r = train(tiny_model(), data, quick(device="cuda"), cache_dir=tmp_path, progress=False)
     assert r.status == "complete" and all(t.device.type == "cpu" for t in r.state_dict.values())
+
+
+def test_recalibrate_batch_norm_sets_exact_statistics_and_restores_mode() -> None:
+    from evaluators.training import recalibrate_batch_norm
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1, bias=False), torch.nn.BatchNorm2d(2))
+    model.eval()
+    x = torch.randn(12, 1, 4, 4) * 3 + 5
+    seen = recalibrate_batch_norm(model, x.split(4))
+    assert seen == 12 and not model.training
+    bn = model[1]
+    assert bn.momentum == 0.1  # restored
+    with torch.no_grad():
+        feats = model[0](x)
+    # the cumulative average of three equal batches' means is the mean over all 12 images
+    assert torch.allclose(bn.running_mean, feats.mean((0, 2, 3)), atol=1e-5)
+    # no batches: the statistics are kept
+    before = bn.running_mean.clone()
+    assert recalibrate_batch_norm(model, []) == 0
+    assert torch.equal(bn.running_mean, before)
