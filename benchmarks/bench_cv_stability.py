@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
-from evaluators.crossval import CVConfig, evaluate_runs
-from evaluators.data import load_dataset
+from evaluators.data.covidx import load_dataset
+from evaluators.runs import CVConfig, evaluate_runs
 from evaluators.training import TrainConfig
 from space import build, get_reference
 

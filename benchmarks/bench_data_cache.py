@@ -32,9 +32,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from evaluators.augment import epoch_batches, make_batch  # noqa: E402
-from evaluators.cache import load_arrays, to_float  # noqa: E402
-from evaluators.data import Sample, load_dataset  # noqa: E402
+from evaluators.data.augment import epoch_batches, make_batch  # noqa: E402
+from evaluators.data.cache import load_arrays, to_float  # noqa: E402
+from evaluators.data.covidx import Sample, load_dataset  # noqa: E402
 
 
 def decode_one(s: Sample, size: int) -> np.ndarray:

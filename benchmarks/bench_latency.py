@@ -56,7 +56,7 @@ def models() -> list[tuple[str, str, Any]]:
 def measure(model: nn.Module, size: int, warmup: int, repeats: int, threads: int) -> dict[str, Any]:
     """Export ``model`` at ``size`` px, check it, and time both runtimes at batch 1."""
     from evaluators.latency import measure_latency
-    from search.export import check_parity, export_onnx
+    from search.export.onnx import check_parity, export_onnx
 
     model.eval()
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
@@ -172,7 +172,7 @@ def main() -> None:
 
 
 def _versions() -> dict[str, str | None]:
-    from search.export import library_versions
+    from search.export.card import library_versions
 
     return library_versions()
 

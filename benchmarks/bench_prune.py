@@ -25,13 +25,13 @@ import optuna
 import torch
 
 from evaluators import profile
-from search.artifacts import upload_weights
-from search.baseline_runs import run_baselines
-from search.config import RunConfig
-from search.objective import TrainingEvaluator
-from search.prune_runs import PruneRequest, run_prune
-from search.storage import artifact_store, open_storage
-from search.study import SearchDriver, complete_candidates
+from search.driver.artifacts import upload_weights
+from search.driver.baselines import run_baselines
+from search.driver.config import RunConfig
+from search.driver.objective import TrainingEvaluator
+from search.driver.storage import artifact_store, open_storage
+from search.driver.study import SearchDriver, complete_candidates
+from search.pruning.runs import PruneRequest, run_prune
 from space import build, get_reference
 
 ROOT = Path(__file__).resolve().parents[1]

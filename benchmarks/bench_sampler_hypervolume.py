@@ -25,9 +25,9 @@ import optuna
 
 from evaluators import profile
 from reports.pareto import Normaliser, hypervolume
-from search.config import RunConfig
-from search.objective import TrainingEvaluator
-from search.study import SearchDriver, best_netscore, complete_candidates, pareto_trials
+from search.driver.config import RunConfig
+from search.driver.objective import TrainingEvaluator
+from search.driver.study import SearchDriver, best_netscore, complete_candidates, pareto_trials
 from space import build, get_reference
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sampler_hypervolume.json"

@@ -39,9 +39,9 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from evaluators.augment import epoch_batches, make_batch  # noqa: E402
-from evaluators.cache import load_arrays  # noqa: E402
-from evaluators.data import load_dataset  # noqa: E402
+from evaluators.data.augment import epoch_batches, make_batch  # noqa: E402
+from evaluators.data.cache import load_arrays  # noqa: E402
+from evaluators.data.covidx import load_dataset  # noqa: E402
 from evaluators.training import TrainConfig, train  # noqa: E402
 from space import build, load_spec  # noqa: E402
 

@@ -40,7 +40,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from evaluators.inference import CLASS_NAMES, ImageError, body_box, load_gray, require
+from evaluators.data.classes import CLASS_NAMES
+from evaluators.device import input_channels
+from evaluators.inference import ImageError, body_box, load_gray, require
 
 METHODS = ("gradcam", "integrated-gradients")
 MOSTLY_OUTSIDE = 0.5  # an image whose share inside is below this is flagged
@@ -164,14 +166,6 @@ def share_inside(heatmap: np.ndarray, mask: np.ndarray) -> float | None:
     if not total > 0 or not math.isfinite(total):
         return None
     return float(positive[mask].sum() / total)
-
-
-def input_channels(model: nn.Module) -> int:
-    """Input channels of a network: those of its first convolution."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            return int(m.in_channels)
-    return 3
 
 
 def to_model_input(gray: np.ndarray, size: int, channels: int) -> torch.Tensor:
@@ -463,7 +457,6 @@ __all__ = [
     "attribute",
     "box_mask",
     "explain_images",
-    "input_channels",
     "inputs_from_files",
     "inputs_from_samples",
     "order_most_outside",

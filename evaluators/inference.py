@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from evaluators.data.classes import CLASS_NAMES
 from evaluators.extras import MissingExtraError
 from evaluators.extras import require as _require
 
-CLASS_NAMES = ("Normal", "Pneumonia", "COVID-19")  # COVIDx CT's class order
 METADATA_PREFIX = "covidnet_nas."  # keys of the ONNX model's metadata_props written by the export
 _GAUSS5 = None  # the 5-tap kernel, built on first use
 
@@ -188,7 +188,7 @@ def crop_resize(path: str | Path, box: tuple[int, int, int, int], size: int) -> 
     """The image at ``path`` cropped to ``box`` and resized to ``size x size`` as ``uint8``, exactly as
     training's data pipeline renders a box (``evaluators.cache.render``), so inference sees the
     same pixels training did."""
-    from evaluators.cache import margin_for, render
+    from evaluators.data.cache import margin_for, render
 
     canvas, _, _ = render(Path(path), box, size)
     m = margin_for(size)
@@ -372,7 +372,7 @@ def evaluate_classifier(
     Returns:
         An ``evaluators.metrics.EvalResult``.
     """
-    from evaluators.cache import load_arrays, to_float
+    from evaluators.data.cache import load_arrays, to_float
     from evaluators.metrics import compute_metrics
 
     arrays = load_arrays(dataset, split, classifier.image_size, classifier.channels, cache_dir)

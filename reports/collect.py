@@ -20,7 +20,7 @@ import pandas as pd
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from reports.metrics import read_metrics
+from reports.metric_views import read_metrics
 
 CT_L_ORIGIN = "prototype:ct-l"
 KIND_SEARCH = "search"

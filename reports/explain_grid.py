@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from evaluators.data.classes import CLASS_NAMES
 from evaluators.explain import MOSTLY_OUTSIDE, ExplainSummary, ImageAttribution
-from evaluators.inference import CLASS_NAMES
 from reports.tables import Column, Table
 
 METHOD_NAMES = {"gradcam": "Grad-CAM", "integrated-gradients": "integrated gradients"}

@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from evaluators.cv import Uncertain
-from reports.metrics import CLASS_NAMES, COVID, MetricsView
+from evaluators.data.classes import CLASS_NAMES
+from evaluators.uncertainty import Uncertain
+from reports.metric_views import COVID, MetricsView
 from reports.pareto import dominates, pareto_indices
 from reports.points import unit
 

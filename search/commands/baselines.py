@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from dataclasses import dataclass, fields
 from typing import Any
 
-from search.commands.run import add_run_flags, config_from_args
-from search.config import TRAINING_KEYS, RunConfig
-from search.console import console, err_console, print_table
+from search.commands._common import (
+    INHERITED,
+    add_run_flags,
+    training_setup,
+)
+from search.console import console, print_table
 from search.errors import UsageError
-
-INHERITED = (*TRAINING_KEYS, "complexity_size", "data", "artifacts", "device", "skip_bad")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,63 +38,9 @@ def _names(only: str | None) -> list[str]:
     return names
 
 
-def resolve_config(args: argparse.Namespace, storage: Any) -> tuple[RunConfig, list[str]]:
-    """The search study's configuration for what decides training; flags override it (with a
-    warning listing what differs, since the baselines are then not on the search's scale)."""
-    import optuna
-
-    flags = config_from_args(args)
-    given = {f.name for f in fields(RunConfig)} & set(vars(args))
-    try:
-        stored = optuna.load_study(study_name=flags.study, storage=storage).user_attrs.get("run_config", {})
-    except KeyError:
-        stored = {}
-    settings = {k: v for k, v in stored.items() if k in INHERITED}
-    if "data" in settings:
-        settings["data"] = tuple(settings["data"])
-    differs = [k for k in given & set(settings) if getattr(flags, k) != settings[k]]
-    merged = {**settings, **{k: getattr(flags, k) for k in given}, "study": flags.study}
-    if flags.storage:
-        merged["storage"] = flags.storage
-    merged["out"] = flags.out
-    return RunConfig(**merged), sorted(differs)
-
-
-@dataclass
-class TrainingSetup:
-    """What a command that trains beside a search needs: the storage, the resolved configuration,
-    an evaluator on the study's data and the artifact store."""
-
-    storage: Any
-    config: RunConfig
-    evaluator: Any
-    store: Any
-
-
-def training_setup(args: argparse.Namespace, what: str) -> TrainingSetup:
-    """Open the storage, take the search study's training configuration (flags override it, with
-    a warning naming what differs, since ``what`` is then not on the search's scale)."""
-    import optuna
-
-    from search.objective import TrainingEvaluator
-    from search.storage import artifact_store, open_storage
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    probe = config_from_args(args)
-    probe.out_dir.mkdir(parents=True, exist_ok=True)
-    storage = open_storage(probe.storage_url)
-    config, differs = resolve_config(args, storage)
-    if differs:
-        err_console().print(
-            f"warning: {', '.join(differs)} differ from study {config.study!r}'s search trials; "
-            f"{what} not on the search's scale"
-        )
-    return TrainingSetup(storage, config, TrainingEvaluator(config), artifact_store(config.artifacts_dir))
-
-
 def run_baselines_command(args: argparse.Namespace) -> int:
-    from search.artifacts import upload_weights
-    from search.baseline_runs import run_baselines
+    from search.driver.artifacts import upload_weights
+    from search.driver.baselines import run_baselines
 
     names = _names(args.only)
     setup = training_setup(args, "these baselines are")

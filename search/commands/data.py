@@ -69,8 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
+    from evaluators.data.prepare.pipeline import PrepareConfig, parse_split, prepare_dataset
     from evaluators.extras import MissingExtraError
-    from evaluators.prepare import PrepareConfig, parse_split, prepare_dataset
 
     config = PrepareConfig(
         scans=args.scans,

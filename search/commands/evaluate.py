@@ -7,7 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from search.console import console, print_table
+from search.commands._common import (
+    check_size,
+    data_flags,
+    load_data,
+    print_metrics,
+)
+from search.console import console
 from search.errors import UsageError
 
 
@@ -37,49 +43,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="bootstrap seed (default: the training seed, or 0)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=run_evaluate)
-
-
-def data_flags(p: argparse.ArgumentParser) -> None:
-    """``--data`` (repeatable), ``--skip-bad`` and ``--cache-dir``, shared with ``search train``."""
-    p.add_argument(
-        "--data",
-        action="append",
-        metavar="DIR",
-        help="a COVIDx-CT-format folder (or one of its train_*.txt to pick a label-file set); "
-        "repeat for several sources; default: the bundled ct-sars-mini",
-    )
-    p.add_argument(
-        "--skip-bad", action="store_true", help="skip bad label lines, listing each, instead of failing"
-    )
-    p.add_argument(
-        "--cache-dir",
-        metavar="DIR",
-        help="decoded-image cache (default: $COVIDNET_NAS_CACHE or ~/.cache/covidnet-nas)",
-    )
-
-
-def load_data(args: argparse.Namespace, splits: tuple[str, ...] = ("train", "val", "test")) -> Any:
-    """The dataset the flags name (the bundled one without ``--data``); skips are reported."""
-    from evaluators.data import load_dataset
-
-    dataset = load_dataset(args.data, skip_bad=args.skip_bad, splits=splits)
-    for message in dataset.skipped:
-        _warn(f"skipped {message}")
-    if dataset.skipped:
-        _warn(f"skipped {len(dataset.skipped)} bad lines in all")
-    return dataset
-
-
-def _warn(text: str) -> None:
-    from search.console import err_console
-
-    err_console().print(text, markup=False, soft_wrap=True)
-
-
-def check_size(size: int, flag: str = "--image-size") -> int:
-    if size < 32 or size % 32:
-        raise UsageError(f"{flag} must be a multiple of 32 of at least 32, got {size}")
-    return size
 
 
 def _beside(weights: Path) -> dict[str, Any]:
@@ -127,61 +90,9 @@ def load_weights(model: Any, state: dict[str, Any], path: Path, arch: str) -> No
         raise UsageError(f"{path} does not fit {arch}: {first}") from None
 
 
-def fmt(v: float | None, digits: int = 1) -> str:
-    return "n/a" if v is None else f"{v:.{digits}f}"
-
-
-def fmt_ci(ci: Any) -> str:
-    return "" if not ci else f"({ci[0]:.1f}-{ci[1]:.1f})"
-
-
-def print_metrics(result: Any, title: str) -> None:
-    """Overall and per-source summary rows, then the per-class table and confusion matrix."""
-    covid = result.class_names[2] if len(result.class_names) > 2 else None
-    rows = []
-    for name, r in [("all", result), *result.per_source.items()]:
-        c = r.per_class.get(covid) if covid else None
-        rows.append(
-            [
-                name,
-                r.n,
-                f"{fmt(r.accuracy)} {fmt_ci(r.accuracy_ci)}".strip(),
-                f"{fmt(c.sensitivity) if c else 'n/a'} {fmt_ci(r.covid_sensitivity_ci)}".strip(),
-                fmt(c.ppv) if c else "n/a",
-                fmt(r.macro_f1),
-            ]
-        )
-    print_table(
-        title,
-        [
-            "source",
-            "images",
-            "accuracy % (95% CI)",
-            "COVID-19 sensitivity % (95% CI)",
-            "COVID-19 PPV %",
-            "macro F1 %",
-        ],
-        rows,
-    )
-    print_table(
-        "per class (all sources; n/a: undefined, e.g. a class with no images)",
-        ["class", "support", "sensitivity %", "PPV %", "specificity %", "NPV %", "F1 %"],
-        [
-            [m.name, m.support, fmt(m.sensitivity), fmt(m.ppv), fmt(m.specificity), fmt(m.npv), fmt(m.f1)]
-            for m in result.per_class.values()
-        ],
-    )
-    names = list(result.class_names)
-    print_table(
-        "confusion matrix (rows: true class, columns: predicted)",
-        ["true \\ predicted", *names],
-        [[names[i], *row] for i, row in enumerate(result.confusion_matrix)],
-    )
-
-
 def run_evaluate(args: argparse.Namespace) -> int:
-    from evaluators.metrics import evaluate
-    from evaluators.training import resolve_device
+    from evaluators.device import resolve_device
+    from evaluators.evaluate import evaluate
     from space import build, load_spec
 
     if args.model:
@@ -234,7 +145,7 @@ def _evaluate_exported(args: argparse.Namespace) -> int:
     """``--model``: an exported model, scored on the same pixels and with the same metrics (and
     bootstrap seed, from its model card) as training, so a trial's stored metrics are reproduced."""
     from evaluators.inference import evaluate_classifier
-    from search.predict import load_classifier, read_card
+    from search.export.load import load_classifier, read_card
 
     classifier = load_classifier(args.model, image_size=args.image_size)
     if args.image_size is not None and args.image_size != classifier.image_size:

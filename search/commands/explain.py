@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from search.commands.run import add_run_flags, config_from_args
+from search.commands._common import add_run_flags, config_from_args
 from search.console import console, print_table
 from search.errors import UsageError
 
@@ -34,7 +34,7 @@ HELP = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from evaluators.data import SPLITS
+    from evaluators.data.covidx import SPLITS
     from evaluators.explain import METHODS
 
     p = sub.add_parser("explain", help="explainability audit: does a model look inside the body box?")
@@ -61,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _open_study(args: argparse.Namespace) -> tuple[Any, Any]:
-    from search.storage import load_existing_study
+    from search.driver.storage import load_existing_study
 
     config = config_from_args(args)
     return load_existing_study(config.storage, config.out_dir, config.study)
@@ -83,7 +83,7 @@ def run_explain_command(args: argparse.Namespace) -> int:
 
     from evaluators.explain import inputs_from_files
     from evaluators.extras import MissingExtraError
-    from search.explain import (
+    from search.audit import (
         load_exported,
         load_trial,
         run_explain,
@@ -99,7 +99,7 @@ def run_explain_command(args: argparse.Namespace) -> int:
         loaded = load_exported(args.model, args.size)
         default_out = Path("runs/explain") / f"{_slug(Path(args.model).resolve().name)}-{args.method}"
     else:
-        from search.export import find_baseline, find_trial
+        from search.export.bundle import find_baseline, find_trial
 
         storage, study = _open_study(args)
         if args.baseline:

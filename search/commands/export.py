@@ -23,7 +23,7 @@ HELP = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from search.export import PICKS
+    from search.export.bundle import PICKS
 
     p = sub.add_parser("export", help="export trials as ONNX + weights + model card, verified")
     where = p.add_argument_group("where the study is")
@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _open(args: argparse.Namespace) -> tuple[Any, Any]:
-    from search.storage import load_existing_study
+    from search.driver.storage import load_existing_study
 
     return load_existing_study(args.storage, args.run, args.study, dir_flag="--run")
 
@@ -71,18 +71,9 @@ def run_export(args: argparse.Namespace) -> int:
 def _run_export(args: argparse.Namespace) -> int:
     import optuna
 
-    from search.export import (
-        ExportFailed,
-        ExportOptions,
-        channels_of,
-        description_of,
-        export_trial,
-        find_baseline,
-        find_trial,
-        image_size_of,
-        pick_trials,
-        study_images,
-    )
+    from search.export.bundle import ExportOptions, export_trial, find_baseline, find_trial, pick_trials
+    from search.export.load import channels_of, description_of, image_size_of
+    from search.export.onnx import ExportFailed, study_images
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())

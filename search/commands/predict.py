@@ -50,7 +50,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def _run_predict(args: argparse.Namespace) -> int:
     from evaluators.inference import predict_files
-    from search.predict import load_classifier
+    from search.export.load import load_classifier
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")

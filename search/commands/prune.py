@@ -6,8 +6,7 @@ import argparse
 import contextlib
 from typing import Any
 
-from search.commands.baselines import INHERITED, training_setup
-from search.commands.run import add_run_flags, parse_count
+from search.commands._common import INHERITED, add_run_flags, parse_count, training_setup
 from search.console import console, print_table
 
 HELP = {
@@ -38,7 +37,7 @@ def _ratio(text: str) -> float:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from search.prune import IMPORTANCES, SCOPES
+    from search.pruning.core import IMPORTANCES, SCOPES
 
     p = sub.add_parser(
         "prune",
@@ -65,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def request_from(args: argparse.Namespace) -> Any:
-    from search.prune_runs import PruneRequest
+    from search.pruning.runs import PruneRequest
 
     kind = next(k for k in ("trial", "baseline", "arch") if getattr(args, k, None) is not None)
     return PruneRequest(
@@ -81,9 +80,9 @@ def request_from(args: argparse.Namespace) -> Any:
 
 
 def run_prune_command(args: argparse.Namespace) -> int:
-    from search.artifacts import upload_weights
-    from search.prune import require_torch_pruning
-    from search.prune_runs import run_prune
+    from search.driver.artifacts import upload_weights
+    from search.pruning.core import require_torch_pruning
+    from search.pruning.runs import run_prune
 
     require_torch_pruning()
     request = request_from(args)

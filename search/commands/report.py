@@ -7,7 +7,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from search.commands.run import add_run_flags, config_from_args
+from search.commands._common import add_run_flags, config_from_args
 from search.console import console, print_table
 from search.errors import UsageError
 
@@ -46,7 +46,7 @@ def run_report(args: argparse.Namespace) -> int:
 
     from reports.build import NoCompletedTrials, build_report
     from reports.collect import StudyNotFound
-    from search.storage import is_journal, journal_path, open_storage, redact, sqlite_path
+    from search.driver.storage import is_journal, journal_path, open_storage, redact, sqlite_path
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     config = config_from_args(args)
@@ -63,8 +63,8 @@ def run_report(args: argparse.Namespace) -> int:
         raise UsageError(f"--explain must be at least 0, got {args.explain}")
     explain = None
     if args.explain:
+        from search.audit import report_explainer
         from search.console import err_console
-        from search.explain import report_explainer
 
         explain = report_explainer(
             storage,

@@ -6,94 +6,14 @@ import argparse
 import shlex
 import sys
 import time
-import typing
-from dataclasses import fields
 from typing import Any
 
-from search.config import OBJECTIVES, SAMPLERS, RunConfig, resolve, write_yaml
+from search.commands._common import (
+    add_run_flags,
+    config_from_args,
+)
 from search.console import console, err_console, print_table
-
-HELP = {
-    "data": "COVIDx-format data folder; repeat for a union of cohorts (default: the bundled data)",
-    "out": "output folder: study.db, artifacts/, config.yaml (default runs/search)",
-    "storage": "Optuna storage URL: sqlite:///f.db (default: OUT/study.db), postgresql://..., journal:f.log",
-    "study": "study name; the same storage and study resume",
-    "artifacts": "artifact store for weights: a folder or s3://bucket (default OUT/artifacts)",
-    "trials": "total trials of the study, over all workers",
-    "objective": "pareto (accuracy, params, MACs) or netscore",
-    "sampler": "override the sampler: nsga2, tpe, random or gp (default tpe)",
-    "seed": "seed of the sampler and of training",
-    "max_params": "hard budget on params (e.g. 450K, 1.2M)",
-    "max_macs": "hard budget on MACs at --complexity-size (e.g. 0.97G)",
-    "complexity_size": "input size at which params/MACs/NetScore are measured (default 512, the paper's)",
-    "population": "NSGA-II population size",
-    "startup_trials": "random trials before TPE/GP/median pruning kick in",
-    "prune_warmup": "epochs before a trial may be pruned",
-    "prune_margin": "Pareto pruning: accuracy points a dominating finished trial must lead by",
-    "epochs": "training epochs per candidate",
-    "image_size": "training image size (a multiple of 32)",
-    "batch_size": "batch size",
-    "lr": "SGD learning rate",
-    "momentum": "SGD momentum",
-    "weight_decay": "L2 weight decay",
-    "patience": "early stopping: epochs without a better val accuracy",
-    "cosine": "cosine learning-rate decay",
-    "augment": "the paper's augmentations",
-    "exterior_exclusion": "replace the background outside the body box by its mean",
-    "device": "auto, cpu, cuda or cuda:N",
-    "skip_bad": "skip (and list) bad label lines instead of stopping",
-    "heartbeat": "seconds between heartbeats of a running trial (a silent one is failed and retried)",
-    "max_retry": "retries of a trial whose worker died",
-    "max_failures": "stop this worker after this many failed trials in a row",
-    "cv_folds": "patient-grouped folds of train+val per candidate (1: the plain train/val split)",
-    "repeats": "trainings with different seeds per fold",
-    "patient_regex": "regex whose first group is the patient id in a file name (default: COVIDx's NCP_341)",
-    "patients": "CSV filename,patient overriding --patient-regex (default: DATA/patients.csv if present)",
-}
-
-
-def parse_count(text: str) -> int:
-    """``450000``, ``450K``, ``1.2M``, ``0.97G`` -> an integer count."""
-    t = text.strip().upper().replace(",", "").replace("_", "")
-    scale = {"K": 1e3, "M": 1e6, "G": 1e9}.get(t[-1:], 1.0)
-    number = t[:-1] if t[-1:] in "KMG" else t
-    try:
-        value = float(number) * scale
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a count such as 450000, 450K, 1.2M or 0.97G, got {text!r}"
-        ) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
-    return round(value)
-
-
-def add_run_flags(p: argparse.ArgumentParser, only: set[str] | None = None) -> None:
-    """One flag per ``RunConfig`` field (``--max-params`` for ``max_params``), defaults suppressed
-    so that only flags given on the command line override the config file."""
-    hints = typing.get_type_hints(RunConfig)
-    for f in fields(RunConfig):
-        if only is not None and f.name not in only:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
-        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": HELP.get(f.name, "")}
-        args = typing.get_args(kind)
-        base = next((a for a in args if a is not type(None)), kind) if args else kind
-        if f.name == "data":
-            p.add_argument(flag, action="append", metavar="DIR", **kw)
-        elif base is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-        elif f.name in ("max_params", "max_macs"):
-            p.add_argument(flag, type=parse_count, metavar="N", **kw)
-        elif f.name == "objective":
-            p.add_argument(flag, choices=OBJECTIVES, **kw)
-        elif f.name == "sampler":
-            p.add_argument(flag, choices=SAMPLERS, **kw)
-        elif base in (int, float):
-            p.add_argument(flag, type=base, metavar="N" if base is int else "X", **kw)
-        else:
-            p.add_argument(flag, metavar=f.name.split("_")[-1].upper(), **kw)
+from search.driver.config import RunConfig, write_yaml
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -106,14 +26,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_run_flags(s, {"out", "storage", "study"})
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=run_status)
-
-
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    names = {f.name for f in fields(RunConfig)}
-    overrides = {k: v for k, v in vars(args).items() if k in names}
-    if "data" in overrides:
-        overrides["data"] = tuple(overrides["data"])
-    return resolve(getattr(args, "config", None), overrides)
 
 
 class _Display:
@@ -169,10 +81,10 @@ def _resume_command() -> str:
 def run_search(args: argparse.Namespace) -> int:
     import optuna
 
-    from search.artifacts import upload_weights
-    from search.objective import TrainingEvaluator
-    from search.storage import artifact_store, redact
-    from search.study import SearchDriver, best_netscore, pareto_trials
+    from search.driver.artifacts import upload_weights
+    from search.driver.objective import TrainingEvaluator
+    from search.driver.storage import artifact_store, redact
+    from search.driver.study import SearchDriver, best_netscore, pareto_trials
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     config = config_from_args(args)
@@ -217,7 +129,7 @@ def run_search(args: argparse.Namespace) -> int:
 
 
 def _summary(driver: Any, config: RunConfig, seconds: float) -> None:
-    from search.study import pareto_trials
+    from search.driver.study import pareto_trials
 
     counts = driver.counts()
     con = console()
@@ -261,8 +173,8 @@ def run_status(args: argparse.Namespace) -> int:
 
     import optuna
 
-    from search.storage import load_existing_study
-    from search.study import best_netscore, pareto_trials
+    from search.driver.storage import load_existing_study
+    from search.driver.study import best_netscore, pareto_trials
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     config = config_from_args(args)

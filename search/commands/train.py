@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from search.commands.evaluate import check_size, data_flags, load_data, print_metrics
+from search.commands._common import check_size, data_flags, load_data, print_metrics, warn
 from search.console import console, err_console, print_table
 from search.errors import RunFailed, UsageError
 
@@ -170,7 +170,8 @@ def run_train(args: argparse.Namespace) -> int:
     import torch
     import yaml
 
-    from evaluators.training import resolve_device, seed_everything, train
+    from evaluators.device import resolve_device, seed_everything
+    from evaluators.training import train
     from space import build, load_spec
 
     cfg = resolve_config(args)
@@ -238,15 +239,15 @@ def run_train(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ folds and repeated seeds
 def resolve_cv(args: argparse.Namespace) -> Any:
     """``CVConfig`` from ``--cv-folds``, ``--repeats``, ``--patient-regex`` and ``--patients``."""
-    from evaluators.crossval import CVConfig
-    from evaluators.cv import DEFAULT_PATIENT_REGEX
+    from evaluators.data.patients import DEFAULT_PATIENT_REGEX
+    from evaluators.runs import CVConfig
 
     for flag in ("cv_folds", "repeats"):
         value = getattr(args, flag)
         if value < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     if args.cv_folds == 1 and (args.patient_regex or args.patients):
-        _warn("--patient-regex and --patients apply only with --cv-folds 2 or more; ignored")
+        warn("--patient-regex and --patients apply only with --cv-folds 2 or more; ignored")
     return CVConfig(
         folds=args.cv_folds,
         repeats=args.repeats,
@@ -259,8 +260,8 @@ def check_grouping(dataset: Any, cv: Any) -> Any:
     """The patients of train+val as ``evaluate_runs`` will find them, checked before anything is
     trained or written: a bad regex or patients file, or fewer patients than folds, is a usage
     error; images without a patient id are a warning."""
-    from evaluators.cv import group_samples, read_patients_csv
-    from evaluators.data import DatasetError
+    from evaluators.data.covidx import DatasetError
+    from evaluators.data.patients import group_samples, read_patients_csv
 
     samples = [*dataset.split("train"), *dataset.split("val")]
     if cv.patients_csv and not Path(cv.patients_csv).is_file():
@@ -278,12 +279,8 @@ def check_grouping(dataset: Any, cv: Any) -> Any:
             f"--cv-folds {cv.folds} needs at least {cv.folds} patients in train+val, found {found}"
         )
     if grouping.warning:
-        _warn(f"warning: {grouping.warning}")
+        warn(f"warning: {grouping.warning}")
     return grouping
-
-
-def _warn(text: str) -> None:
-    err_console().print(text, markup=False, soft_wrap=True)
 
 
 def _run_place(run: int, cv: Any, seed: int) -> tuple[int, int]:
@@ -307,8 +304,8 @@ def _train_runs(
     """``search train`` with K folds x R seeds: every run's accuracy, their mean, spread and interval."""
     import torch
 
-    from evaluators.crossval import RunsFailed, evaluate_runs
-    from evaluators.training import seed_everything
+    from evaluators.device import seed_everything
+    from evaluators.runs import RunsFailed, evaluate_runs
     from space import build
 
     label = spec.name or spec.arch_id

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import torch
 
-import evaluators.crossval as crossval
-from evaluators.crossval import CVConfig, evaluate_runs
-from evaluators.cv import group_samples, make_folds
-from evaluators.data import load_dataset
+import evaluators.runs as crossval
+from evaluators.data.covidx import load_dataset
+from evaluators.data.patients import group_samples, make_folds
+from evaluators.runs import CVConfig, evaluate_runs
 from evaluators.training import TrainConfig, train
 from space import build, get_reference
 

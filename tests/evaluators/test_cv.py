@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from evaluators.cv import Uncertain, group_samples, make_folds, read_patients_csv, t95
-from evaluators.data import DatasetError, Sample, default_data_dir, load_dataset
+from evaluators.data.covidx import DatasetError, Sample, default_data_dir, load_dataset
+from evaluators.data.patients import group_samples, make_folds, read_patients_csv
+from evaluators.uncertainty import Uncertain, t95
 
 
 def _sample(name: str, label: int = 0, source: str = "a") -> Sample:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from evaluators.data import CLASS_NAMES, DatasetError, default_data_dir, load_dataset
+from evaluators.data.classes import CLASS_NAMES
+from evaluators.data.covidx import DatasetError, default_data_dir, load_dataset
 from tests.conftest import shared_dataset
 
 Line = tuple[str, int, int, int, int, int]

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from evaluators import cache as cache_mod
-from evaluators.cache import CACHE_ENV, default_cache_dir, load_arrays, margin_for
-from evaluators.data import DatasetError, load_dataset
+from evaluators.data import cache as cache_mod
+from evaluators.data.cache import CACHE_ENV, default_cache_dir, load_arrays, margin_for
+from evaluators.data.covidx import DatasetError, load_dataset
 from tests.evaluators.test_data import lines, write_dataset
 
 

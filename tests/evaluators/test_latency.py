@@ -39,7 +39,7 @@ def test_summarize_median_and_p90() -> None:
 def test_torch_and_onnxruntime_at_batch_1_and_8(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from search.export import export_onnx
+    from search.export.onnx import export_onnx
 
     model = _tiny()
     path = tmp_path / "m.onnx"
@@ -79,7 +79,7 @@ def test_bad_arguments() -> None:
 def test_interleaved_runs_time_both_runtimes_alike(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from search.export import export_onnx
+    from search.export.onnx import export_onnx
 
     model = _tiny()
     export_onnx(model, tmp_path / "m.onnx", (3, 8, 8))

@@ -9,7 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from evaluators.metrics import EvalResult, compute_metrics, evaluate
+from evaluators.evaluate import evaluate
+from evaluators.metrics import EvalResult, compute_metrics
 
 
 def from_confusion(cm: list[list[int]]) -> tuple[list[int], list[int]]:
@@ -159,7 +160,7 @@ def test_invariants(pairs: list[tuple[int, int]]) -> None:
 
 
 def test_evaluate_a_model_on_the_bundled_data(tmp_path) -> None:
-    from evaluators.data import load_dataset
+    from evaluators.data.covidx import load_dataset
 
     class AlwaysCovid(torch.nn.Module):
         def __init__(self) -> None:

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evaluators import prepare as prepare_module
-from evaluators.ct_volumes import PrepareError, require
+from evaluators.data.prepare import pipeline as prepare_module
+from evaluators.data.prepare.pipeline import PrepareConfig, prepare_dataset
+from evaluators.data.prepare.scans import PrepareError, require
 from evaluators.extras import MissingExtraError
-from evaluators.prepare import PrepareConfig, prepare_dataset
 from tests.evaluators.prepare_cases import (
     CT_SMALL,
     body_volume,

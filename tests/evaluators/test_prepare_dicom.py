@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evaluators.prepare import PrepareConfig, prepare_dataset
+from evaluators.data.prepare.pipeline import PrepareConfig, prepare_dataset
 from tests.evaluators.prepare_cases import (
     AIR_STORED,
     MARKER,

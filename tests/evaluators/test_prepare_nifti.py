@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evaluators.prepare import PrepareConfig, prepare_dataset
+from evaluators.data.prepare.pipeline import PrepareConfig, prepare_dataset
 from tests.evaluators.prepare_cases import body_volume, patient_of, png, read_split, write_labels, write_nifti
 
 # body_volume(): 48 x 40 x 5 voxels (i right, j anterior); shown radiologically, column = 47 - i

@@ -7,8 +7,8 @@ from collections import defaultdict
 
 import pytest
 
-from evaluators.patient_split import split_patients
-from evaluators.prepare import file_prefix
+from evaluators.data.patients import split_patients
+from evaluators.data.prepare.pipeline import file_prefix
 
 
 def _shares(patients: dict[str, tuple[int, int]], split_of: dict[str, str]) -> dict[int, dict[str, float]]:

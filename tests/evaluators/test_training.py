@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from evaluators.augment import Augmentation, epoch_batches, exclude_exterior, make_batch
-from evaluators.cache import load_arrays
-from evaluators.data import CTDataset, load_dataset
-from evaluators.training import TrainConfig, TrainResult, input_channels, resolve_device, train
+from evaluators.data.augment import Augmentation, epoch_batches, exclude_exterior, make_batch
+from evaluators.data.cache import load_arrays
+from evaluators.data.covidx import CTDataset, load_dataset
+from evaluators.device import input_channels, resolve_device
+from evaluators.training import TrainConfig, TrainResult, train
 from space import ArchSpec, BlockSpec, StageSpec, StemSpec, build
 from tests.evaluators.test_data_cache import quad_data  # noqa: F401 - fixture
 

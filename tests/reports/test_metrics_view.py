@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reports.metrics import read_metrics
+from reports.metric_views import read_metrics
 from tests.reports.studies import metrics_dict
 
 

@@ -35,7 +35,7 @@ def _brute_front(points: list[tuple[float, float, float]]) -> list[int]:
 
 
 def test_pareto_indices_match_brute_force_and_the_search_driver() -> None:
-    from search.study import pareto_front
+    from search.driver.study import pareto_front
 
     rng = np.random.default_rng(1)
     for _ in range(100):

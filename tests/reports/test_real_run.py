@@ -11,7 +11,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from search.study import pareto_trials
+from search.driver.study import pareto_trials
 
 FAST = ["--epochs", "1", "--image-size", "32", "--complexity-size", "64", "--batch-size", "16"]
 

@@ -299,7 +299,7 @@ def test_default_report_dir_is_inside_out(tmp_path: Path) -> None:
 
 
 def _uncertainty(values: list[float], ci: list[float] | None = None) -> dict[str, Any]:
-    from evaluators.cv import Uncertain
+    from evaluators.uncertainty import Uncertain
 
     return Uncertain.of(values, single_run_ci=ci).to_dict()
 
@@ -310,7 +310,7 @@ def test_tradeoff_marks_a_dominance_that_is_not_significant(tmp_path: Path) -> N
     Table 3 shows mean ± std [interval] only where there were several runs."""
     from optuna.trial import create_trial
 
-    from evaluators.cv import Uncertain
+    from evaluators.uncertainty import Uncertain
     from tests.reports.studies import _trained_attrs
 
     url = f"sqlite:///{tmp_path / 'study.db'}"

@@ -9,9 +9,9 @@ from typing import Any
 import optuna
 import pytest
 
-from search.artifacts import load_weights
 from search.cli import main
-from search.export import rebuild
+from search.driver.artifacts import load_weights
+from search.export.load import rebuild
 
 ATTRS = (
     "kind",

@@ -115,8 +115,8 @@ def test_bad_inputs_are_one_line_usage_errors(
 def run_dir(tmp_path: Path, data: Path) -> Path:
     """A search folder (study.db, artifacts/) with one completed trial of ``tiny_spec`` and stored
     weights, recorded the way `search run` records them; a second trial has no weights."""
-    from search.artifacts import upload_weights
-    from search.storage import artifact_store
+    from search.driver.artifacts import upload_weights
+    from search.driver.storage import artifact_store
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run = tmp_path / "run"
@@ -151,7 +151,7 @@ def test_explain_a_trial_stores_the_summary_with_it(run_dir: Path, capsys: Any) 
     assert (out / "grid.png").is_file() and len(list((out / "overlays").glob("*.png"))) == 4
     assert "explain_summary:0" in capsys.readouterr().out
     study = optuna.load_study(study_name="covidnet-ct", storage=f"sqlite:///{run_dir / 'study.db'}")
-    from search.explain import stored_summaries
+    from search.audit import stored_summaries
 
     stored = stored_summaries(study, study.trials[0])
     assert list(stored) == ["gradcam"] and stored["gradcam"]["n"] == 4
@@ -162,7 +162,7 @@ def test_explain_a_trial_stores_the_summary_with_it(run_dir: Path, capsys: Any) 
 
 def test_report_hook_draws_a_grid_and_a_table_row(run_dir: Path, tmp_path: Path) -> None:
     from reports.explain_grid import explain_table
-    from search.explain import explain_for_report, report_explainer
+    from search.audit import explain_for_report, report_explainer
 
     storage = f"sqlite:///{run_dir / 'study.db'}"
     study = optuna.load_study(study_name="covidnet-ct", storage=storage)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from evaluators.data import load_dataset
+from evaluators.data.covidx import load_dataset
 from search.cli import main
 
 FAST = ["--arch", "ct-s", "--epochs", "1", "--image-size", "32"]

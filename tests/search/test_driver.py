@@ -9,8 +9,8 @@ from typing import Any
 import optuna
 import pytest
 
-from search.config import RunConfig
-from search.study import CandidateOutcome, SearchDriver, pareto_front, pareto_prune, scored_trials
+from search.driver.config import RunConfig
+from search.driver.study import CandidateOutcome, SearchDriver, pareto_front, pareto_prune, scored_trials
 from space import ArchSpec, get_reference, to_params
 
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from evaluators import netscore
-from evaluators.cv import Uncertain
-from search.config import RunConfig
-from search.study import CandidateOutcome, SearchDriver
+from evaluators.uncertainty import Uncertain
+from search.driver.config import RunConfig
+from search.driver.study import CandidateOutcome, SearchDriver
 from space import ArchSpec, get_reference, to_params
 
 
@@ -99,7 +99,7 @@ def test_without_steps_the_last_epoch_is_the_last_step(tmp_path: Path) -> None:
 
 
 def test_training_evaluator_steps_are_runs_with_folds(tmp_path: Path) -> None:
-    from search.objective import TrainingEvaluator
+    from search.driver.objective import TrainingEvaluator
 
     assert TrainingEvaluator(_config(tmp_path, cv_folds=1, epochs=4)).steps == 4
     assert TrainingEvaluator(_config(tmp_path, cv_folds=3, repeats=2, epochs=4)).steps == 6
@@ -110,11 +110,11 @@ def test_search_run_with_one_fold_and_one_seed_stores_the_plain_evaluation(
 ) -> None:
     """`search run --trials 1` trains the CT L prototype; its stored attributes are those of plain
     training with the run's settings."""
-    from evaluators.data import load_dataset
+    from evaluators.data.covidx import load_dataset
     from evaluators.training import train
-    from search.artifacts import load_weights
     from search.cli import main
-    from search.objective import train_config_for
+    from search.driver.artifacts import load_weights
+    from search.driver.objective import train_config_for
     from space import build
 
     monkeypatch.setenv("COVIDNET_NAS_CACHE", str(tmp_path / "cache"))

@@ -14,12 +14,12 @@ import optuna
 import pytest
 import torch
 
-from search.study import pareto_trials
+from search.driver.study import pareto_trials
 
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-BUNDLED = Path(__file__).resolve().parents[2] / "evaluators" / "bundled" / "ct-sars-mini"
+BUNDLED = Path(__file__).resolve().parents[2] / "evaluators" / "data" / "bundled" / "ct-sars-mini"
 SIZE = 32
 FAST = ["--epochs", "1", "--image-size", str(SIZE), "--complexity-size", "64", "--batch-size", "16"]
 
@@ -110,7 +110,7 @@ def test_pareto_export_writes_verified_files_and_card(run: dict[str, Any]) -> No
         assert meta["covidnet_nas.image_size"] == str(SIZE)
         assert meta["covidnet_nas.arch_id"] == a["arch_id"]
         # weights.pt is the stored state dict; spec.json the stored spec
-        from search.artifacts import load_weights
+        from search.driver.artifacts import load_weights
 
         study = optuna.load_study(study_name="t", storage=run["url"])
         stored = load_weights(study, trial)
@@ -158,7 +158,8 @@ def test_single_pick_and_usage_errors(
 
 
 def test_failed_parity_leaves_no_folder(run: dict[str, Any], tmp_path: Path) -> None:
-    from search.export import ExportFailed, ExportOptions, export_trial, study_images
+    from search.export.bundle import ExportOptions, export_trial
+    from search.export.onnx import ExportFailed, study_images
 
     study = optuna.load_study(study_name="t", storage=run["url"])
     trial = study.trials[0]
@@ -172,7 +173,7 @@ def test_failed_parity_leaves_no_folder(run: dict[str, Any], tmp_path: Path) -> 
 # ----------------------------------------------------------------------------- predict
 def test_predict_gives_the_pytorch_models_classes(run: dict[str, Any]) -> None:
     from evaluators.inference import body_box, crop_resize, load_gray, softmax, to_input
-    from search.export import build_from
+    from search.export.load import build_from
 
     _, folder = _members(run)[0]
     files = _images(8)

@@ -14,8 +14,8 @@ from optuna.trial import TrialState, create_trial
 
 from evaluators.inference import body_box, erode, largest_region_box, otsu_threshold
 from search.errors import UsageError
-from search.export import pick_trials, write_atomically
-from search.onnx_export import Parity
+from search.export.bundle import pick_trials, write_atomically
+from search.export.onnx import Parity
 
 
 # ----------------------------------------------------------------------------- body crop
@@ -125,7 +125,7 @@ def test_parity_failure_explains_large_logits() -> None:
 
 
 def test_load_classifier_errors(tmp_path: Path) -> None:
-    from search.predict import load_classifier
+    from search.export.load import load_classifier
     from space import get_reference
 
     with pytest.raises(UsageError, match="no such model"):
@@ -153,11 +153,11 @@ def test_export_a_trained_baseline(tmp_path: Path, capsys: pytest.CaptureFixture
     pytest.importorskip("onnxruntime")
     from baselines import create_baseline
     from evaluators import profile
-    from search.artifacts import upload_weights
-    from search.baseline_runs import open_baselines_study
     from search.cli import main
-    from search.config import RunConfig
-    from search.storage import artifact_store, open_storage
+    from search.driver.artifacts import upload_weights
+    from search.driver.baselines import open_baselines_study
+    from search.driver.config import RunConfig
+    from search.driver.storage import artifact_store, open_storage
 
     config = RunConfig(out=str(tmp_path / "run"), study="t", image_size=32)
     storage = open_storage(config.storage_url)
@@ -197,7 +197,7 @@ def test_export_a_trained_baseline(tmp_path: Path, capsys: pytest.CaptureFixture
     assert card["parity"]["passed"] and card["parity"]["max_abs_diff"] <= 1e-4
     assert json.loads((out / "spec.json").read_text())["baseline"] == "squeezenet1_1"
     # the PyTorch path rebuilds it from spec.json, with the size from model.json
-    from search.predict import load_classifier
+    from search.export.load import load_classifier
 
     clf = load_classifier(out, runtime="torch")
     assert clf.runtime == "torch" and clf.image_size == 32

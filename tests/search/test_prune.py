@@ -14,7 +14,14 @@ from baselines import create_baseline
 from evaluators import profile
 from evaluators.extras import MissingExtraError
 from search.errors import RunFailed, UsageError
-from search.prune import (
+from search.pruning.checkpoints import (
+    apply_channel_config,
+    as_spec,
+    channel_config,
+    load_checkpoint,
+    save_checkpoint,
+)
+from search.pruning.core import (
     accumulate_gradients,
     fit_ratio,
     make_importance,
@@ -24,13 +31,6 @@ from search.prune import (
     step_targets,
     target_from,
     within,
-)
-from search.pruned_models import (
-    apply_channel_config,
-    as_spec,
-    channel_config,
-    load_checkpoint,
-    save_checkpoint,
 )
 from space import ArchSpec, BlockSpec, StageSpec, StemSpec, build, get_reference, spec_of
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from evaluators import profile
-from search.artifacts import load_weights, upload_weights
 from search.cli import main
-from search.config import RunConfig
-from search.prune_runs import KIND_PRUNED, pruned_study_name
-from search.pruned_models import from_checkpoint, is_checkpoint
-from search.storage import artifact_store, open_storage
-from search.study import OBJECTIVES
+from search.driver.artifacts import load_weights, upload_weights
+from search.driver.config import RunConfig
+from search.driver.storage import artifact_store, open_storage
+from search.driver.study import OBJECTIVES
+from search.pruning.checkpoints import from_checkpoint, is_checkpoint
+from search.pruning.runs import KIND_PRUNED, pruned_study_name
 from space import ArchSpec, build, get_reference
 
 pytest.importorskip("torch_pruning")
@@ -151,7 +151,8 @@ def test_a_trained_baseline_pruned_by_half_reloads_without_pickle(tmp_path: Path
     assert (p.params, p.macs) == (a["params"], a["macs"])
     assert abs(a["macs"] - a["source"]["macs"] / 2) <= 0.02 * a["source"]["macs"] / 2
     # it exports like any trial: checkpoint weights.pt that rebuilds itself, ONNX with parity
-    from search.export import ExportOptions, export_trial, rebuild
+    from search.export.bundle import ExportOptions, export_trial
+    from search.export.load import rebuild
 
     images = torch.rand(4, 3, SIZE, SIZE)
     export_trial(study, trial, tmp_path / "exported", images, ExportOptions(latency_repeats=0))

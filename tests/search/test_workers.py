@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 import pytest
 
-from search.artifacts import load_weights
+from search.driver.artifacts import load_weights
 from space import ArchSpec, build, get_reference
 
 PG_URL = os.environ.get("COVIDNET_NAS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")

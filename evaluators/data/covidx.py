@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-CLASS_NAMES = ("Normal", "Pneumonia", "COVID-19")
+from evaluators.data.classes import CLASS_NAMES, NUM_CLASSES
+
 SPLITS = ("train", "val", "test")
-NUM_CLASSES = len(CLASS_NAMES)
 
 _LABEL_FILE = re.compile(r"^(train|val|test)(_.+)?\.txt$")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -110,8 +110,8 @@ def study_images(
     Returns:
         The float32 batch ``(N, channels, S, S)`` and a description of where it came from.
     """
-    from evaluators.cache import load_arrays
-    from evaluators.data import load_dataset
+    from evaluators.data.cache import load_arrays
+    from evaluators.data.covidx import load_dataset
 
     dataset = load_dataset(list(data_dirs) if data_dirs else None, splits=(split,))
     arrays = load_arrays(dataset, split, image_size, channels, cache_dir)

@@ -32,48 +32,23 @@ import numpy as np
 import optuna
 import torch
 from optuna.trial import FrozenTrial
-from torch import nn
 
-from search.errors import RunFailed, UsageError
-from search.model_card import file_facts, library_versions, model_card
-from search.onnx_export import (
+from evaluators.device import input_channels
+from search.driver.study import complete_candidates, pareto_trials
+from search.errors import UsageError
+from search.export.card import file_facts, library_versions, model_card
+from search.export.load import description_of, image_size_of, load_trial_model
+from search.export.onnx import (
     OPSET,
     PARITY_ATOL,
     ExportFailed,
-    Parity,
     check_parity,
     export_onnx,
-    study_images,
 )
-from search.study import complete_candidates, pareto_trials
 
 FORMATS = ("onnx", "pt", "json")
 PICKS = ("best-netscore", "most-accurate", "smallest-macs", "pareto")
 T = TypeVar("T")
-__all__ = [
-    "FORMATS",
-    "OPSET",
-    "PARITY_ATOL",
-    "PICKS",
-    "ExportFailed",
-    "ExportOptions",
-    "ExportResult",
-    "Parity",
-    "build_from",
-    "check_parity",
-    "description_of",
-    "export_onnx",
-    "export_trial",
-    "find_baseline",
-    "find_trial",
-    "library_versions",
-    "load_exported",
-    "load_trial_model",
-    "pick_trials",
-    "rebuild",
-    "study_images",
-    "write_atomically",
-]
 
 
 @dataclass(frozen=True)
@@ -155,7 +130,7 @@ def find_trial(study: optuna.Study, number: int) -> FrozenTrial:
 
 def find_baseline(storage: Any, study_name: str, name: str) -> tuple[optuna.Study, FrozenTrial]:
     """The latest completed training of baseline ``name`` in ``<study>:baselines``."""
-    from search.baseline_runs import baselines_study_name
+    from search.driver.baselines import baselines_study_name
 
     bname = baselines_study_name(study_name)
     try:
@@ -173,115 +148,6 @@ def find_baseline(storage: Any, study_name: str, name: str) -> tuple[optuna.Stud
             f"baseline {name!r} has no completed training in {bname!r}; trained: {', '.join(known) or 'none'}"
         )
     return study, done[-1]
-
-
-# ----------------------------------------------------------------------------- rebuilding
-def description_of(trial: FrozenTrial) -> dict[str, Any]:
-    """What rebuilds the trial's network: ``{"spec": ...}`` or ``{"baseline": name, ...}``."""
-    a = trial.user_attrs
-    builder = a.get("builder") or {}
-    if a.get("spec"):
-        return {"spec": a["spec"], "num_classes": int(builder.get("num_classes", 3))}
-    if builder.get("baseline"):
-        return dict(builder)
-    raise UsageError(
-        f"trial {trial.number} stores neither a spec nor a baseline builder; it cannot be rebuilt"
-    )
-
-
-def build_from(description: dict[str, Any]) -> nn.Module:
-    """A freshly initialised network from ``description_of`` (or a ``spec.json``'s contents: a
-    bare ``ArchSpec`` dict is accepted too)."""
-    from space import ArchSpec, build
-
-    if "baseline" in description:
-        from baselines import create_baseline
-
-        return create_baseline(
-            str(description["baseline"]),
-            num_classes=int(description.get("num_classes", 3)),
-            in_chans=int(description.get("in_chans", 3)),
-        )
-    spec = description.get("spec", description)
-    return build(ArchSpec.from_dict(spec), int(description.get("num_classes", 3)))
-
-
-def channels_of(description: dict[str, Any]) -> int:
-    """Input channels of the network ``description`` rebuilds (without building it)."""
-    if "baseline" in description:
-        return int(description.get("in_chans", 3))
-    spec = description.get("spec", description)
-    return int((spec.get("stem") or {}).get("in_channels", 3))
-
-
-def input_channels(model: nn.Module) -> int:
-    """Input channels of a network: those of its first convolution."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            return int(m.in_channels)
-    return 3
-
-
-def image_size_of(study: optuna.Study, trial: FrozenTrial) -> int:
-    """The image size the trial was trained at (its training configuration, else the run's)."""
-    tc = trial.user_attrs.get("train_config") or {}
-    rc = study.user_attrs.get("run_config") or {}
-    return int(tc.get("image_size") or rc.get("image_size") or 512)
-
-
-def rebuild(description: dict[str, Any], state: Any) -> nn.Module:
-    """The network of ``description`` (``description_of`` or a ``spec.json``) holding ``state``, in
-    eval mode. ``state`` is a state dict, or a pruned baseline's checkpoint (its channel counts
-    and state dict, ``search.pruned_models``), which rebuilds itself."""
-    from search.pruned_models import from_checkpoint, is_checkpoint
-
-    if is_checkpoint(state):
-        return from_checkpoint(state).eval()
-    model = build_from(description)
-    model.load_state_dict(state)
-    return model.eval()
-
-
-def load_exported(
-    spec_path: Path, weights_path: Path, architecture: dict[str, Any] | None = None
-) -> nn.Module:
-    """The network of an export folder's ``spec.json`` (or ``architecture``, a model card's) holding
-    ``weights.pt``, in eval mode; every problem is a one-line ``UsageError`` naming the file."""
-    from space import SpecError
-
-    try:
-        description = json.loads(Path(spec_path).read_text())
-    except ValueError as e:
-        raise UsageError(f"{spec_path}: not valid JSON ({e})") from None
-    if not isinstance(description, dict):
-        raise UsageError(f"{spec_path}: expected a JSON object (an ArchSpec or a baseline builder)")
-    if not Path(weights_path).is_file():
-        raise UsageError(f"{weights_path}: no such weights file (pass --weights FILE)")
-    try:
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UsageError(f"{weights_path}: not a readable state dict ({e})") from None
-    try:
-        return rebuild(architecture or description, state)
-    except SpecError as e:
-        raise e.in_file(str(spec_path)) from None
-    except RuntimeError as e:
-        raise UsageError(
-            f"{weights_path}: does not fit the architecture of {spec_path}: {str(e).splitlines()[0]}"
-        ) from None
-
-
-def load_trial_model(study: optuna.Study, trial: FrozenTrial, artifacts: str | None = None) -> nn.Module:
-    """The trial's network with its stored weights, in eval mode."""
-    from search.artifacts import load_weights
-
-    state = load_weights(study, trial, artifacts)
-    try:
-        return rebuild(description_of(trial), state)
-    except RuntimeError as e:
-        raise RunFailed(
-            f"the stored weights of trial {trial.number} do not fit its architecture: {e}"
-        ) from None
 
 
 # ----------------------------------------------------------------------------- writing
@@ -338,7 +204,7 @@ def export_trial(
     Raises:
         ExportFailed: the ONNX checker or the parity check failed (nothing is written).
     """
-    from evaluators.inference import CLASS_NAMES
+    from evaluators.data.classes import CLASS_NAMES
     from evaluators.latency import measure_latency
 
     options = options or ExportOptions()
@@ -396,7 +262,7 @@ def export_trial(
             onnx_path.unlink()
         if "pt" in options.formats:
             if trial.user_attrs.get("pruned_config"):  # a pruned baseline: channel counts + state dict
-                from search.pruned_models import checkpoint
+                from search.pruning.checkpoints import checkpoint
 
                 torch.save(
                     checkpoint(model, str(trial.user_attrs["builder"]["baseline"])), tmp / "weights.pt"

@@ -19,9 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluators.ct_volumes import BadItem, PrepareError, Scan
+from evaluators.data.prepare.scans import BadItem, PrepareError, Scan
 
-CLASS_NAMES = ("normal", "pneumonia", "covid-19")
 _CLASS_ALIASES = {
     "0": 0,
     "normal": 0,

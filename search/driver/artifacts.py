@@ -10,8 +10,8 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, Trial
 
+from search.driver.storage import artifact_store
 from search.errors import UsageError
-from search.storage import artifact_store
 
 
 def store_location(study: optuna.Study, override: str | None = None) -> str:

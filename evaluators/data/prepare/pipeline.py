@@ -33,10 +33,17 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from evaluators.ct_labels import CLASS_NAMES, LabeledScan, assign_labels, read_labels, read_slice_list
-from evaluators.ct_slices import BODY_THRESHOLD, find_body, resize_hu, window_to_uint8
-from evaluators.ct_volumes import BadItem, BadScanError, PrepareError, find_scans
-from evaluators.patient_split import SPLITS, split_patients
+from evaluators.data.classes import CLASS_KEYS
+from evaluators.data.covidx import SPLITS
+from evaluators.data.patients import split_patients
+from evaluators.data.prepare.labels import (
+    LabeledScan,
+    assign_labels,
+    read_labels,
+    read_slice_list,
+)
+from evaluators.data.prepare.scans import BadItem, BadScanError, PrepareError, find_scans
+from evaluators.data.prepare.slices import BODY_THRESHOLD, find_body, resize_hu, window_to_uint8
 
 SUMMARY_NAME = "summary.json"
 IMAGES_DIR = "images"
@@ -152,7 +159,7 @@ class PrepareSummary:
         return {
             "tool": _TOOL,
             "format": "COVIDx CT: images/ + <split>.txt lines 'filename class xmin ymin xmax ymax'",
-            "classes": list(CLASS_NAMES),
+            "classes": list(CLASS_KEYS),
             "window": {"level": c.window_level, "width": c.window_width},
             "size": c.size,
             "slice_selection": {"slices_csv": str(c.slices_csv)} if c.slices_csv else {"step": c.slice_step},
@@ -285,7 +292,7 @@ def _write(
                 warnings.append(f"split {split} has no patients: too few patients for the --split shares")
     patients = {
         p: {
-            "class": CLASS_NAMES[patient_class[p]],
+            "class": CLASS_KEYS[patient_class[p]],
             "split": split_of[p],
             "scans": [scan_id for scan_id, _ in scans_of[p]],
             "slices": len(lines[p]),
@@ -321,17 +328,17 @@ def _counts(
     counts: dict[str, dict[str, dict[str, int]]] = {}
     for split in (*SPLITS, "all"):
         per: dict[str, dict[str, int]] = {}
-        for key in (*CLASS_NAMES, "total"):
+        for key in (*CLASS_KEYS, "total"):
             members = [p for p in lines if split in ("all", split_of[p])]
             if key != "total":
-                members = [p for p in members if any(CLASS_NAMES[label] == key for _, label in lines[p])]
+                members = [p for p in members if any(CLASS_KEYS[label] == key for _, label in lines[p])]
             per[key] = {
                 "patients": len(members),
                 "scans": sum(
-                    1 for p in members for _, label in scans_of[p] if key in ("total", CLASS_NAMES[label])
+                    1 for p in members for _, label in scans_of[p] if key in ("total", CLASS_KEYS[label])
                 ),
                 "slices": sum(
-                    1 for p in members for _, label in lines[p] if key in ("total", CLASS_NAMES[label])
+                    1 for p in members for _, label in lines[p] if key in ("total", CLASS_KEYS[label])
                 ),
             }
         counts[split] = per

@@ -73,8 +73,7 @@ def _size(value: Any, where: str) -> int:
 
 def load_exported(folder: str | Path, image_size: int | None = None) -> LoadedModel:
     """An export folder of ``search export``: ``spec.json`` + ``weights.pt`` (+ ``model.json``)."""
-    from search.export import load_exported
-    from search.predict import read_card
+    from search.export.load import load_exported, read_card
 
     path = Path(folder)
     if not path.is_dir():
@@ -104,7 +103,7 @@ def load_trial(
     study: optuna.Study, trial: FrozenTrial, artifacts: str | None = None, image_size: int | None = None
 ) -> LoadedModel:
     """A trial's network with its stored weights (as ``search export`` rebuilds it)."""
-    from search.export import description_of, image_size_of, load_trial_model
+    from search.export.load import description_of, image_size_of, load_trial_model
 
     model = load_trial_model(study, trial, artifacts)
     size = image_size or image_size_of(study, trial)
@@ -115,7 +114,7 @@ def load_trial(
 
 def split_inputs(data: Sequence[str | Path] | None, split: str, n: int | None) -> tuple[list[Any], str]:
     """``n`` images of ``split`` of the data folders (classes in turn) and a description."""
-    from evaluators.data import load_dataset
+    from evaluators.data.covidx import load_dataset
     from evaluators.explain import inputs_from_samples
 
     dataset = load_dataset(list(data) if data else None, splits=(split,))
@@ -151,8 +150,8 @@ def run_explain(
     on_image: Callable[[Any], None] | None = None,
 ) -> tuple[list[Any], Any]:
     """Explain ``inputs`` with ``loaded``; returns the per-image results and the ``ExplainSummary``."""
+    from evaluators.device import resolve_device
     from evaluators.explain import IG_STEPS, explain_images, summarize
-    from evaluators.training import resolve_device
 
     if not inputs:
         raise UsageError("no images to explain")

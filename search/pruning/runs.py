@@ -27,10 +27,10 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
-from search.baseline_runs import config_key
-from search.config import RunConfig
+from search.driver.baselines import config_key
+from search.driver.config import RunConfig
+from search.driver.study import OBJECTIVES, complete_candidates
 from search.errors import RunFailed, UsageError
-from search.study import OBJECTIVES, complete_candidates
 
 SUFFIX = ":pruned"
 KIND_PRUNED = "pruned"
@@ -88,7 +88,7 @@ class PruneRequest:
     finetune_epochs: int | None = None
 
     def __post_init__(self) -> None:
-        from search.prune import IMPORTANCES, SCOPES
+        from search.pruning.core import IMPORTANCES, SCOPES
 
         if self.source not in SOURCES:
             raise UsageError(f"source must be one of {', '.join(SOURCES)}, got {self.source!r}")
@@ -120,22 +120,10 @@ class Source:
 
 # ----------------------------------------------------------------------------- the source
 def _trial_model(study: optuna.Study, trial: FrozenTrial, artifacts: str) -> nn.Module:
-    from search.artifacts import load_weights
-    from search.pruned_models import model_from_weights
+    """The trial's trained network, rebuilt as an export rebuilds it (the study's artifact store first)."""
+    from search.export.load import load_trial_model
 
-    a = trial.user_attrs
-    builder = a.get("builder") or {}
-    if a.get("spec"):
-        description: dict[str, Any] = {"spec": a["spec"], "num_classes": int(builder.get("num_classes", 3))}
-    elif builder.get("baseline"):
-        description = dict(builder)
-    else:
-        raise UsageError(f"trial {trial.number} of {study.study_name!r} stores no spec or builder")
-    weights = load_weights(study, trial, study.user_attrs.get("artifacts") or artifacts)
-    try:
-        return model_from_weights(description, weights)
-    except RunFailed as e:
-        raise RunFailed(f"trial {trial.number} of {study.study_name!r}: {e}") from None
+    return load_trial_model(study, trial, study.user_attrs.get("artifacts") or artifacts)
 
 
 def _load_study(storage: BaseStorage, name: str, hint: str) -> optuna.Study:
@@ -170,7 +158,7 @@ def load_source(request: PruneRequest, config: RunConfig, storage: BaseStorage, 
             _trial_model(study, t, config.artifacts_dir), t.user_attrs.get("baseline"), _source_info(study, t)
         )
     if request.source == "baseline":
-        from search.baseline_runs import baselines_study_name
+        from search.driver.baselines import baselines_study_name
 
         name = baselines_study_name(config.study)
         study = _load_study(storage, name, f"run `search baselines --only {request.name}` first")
@@ -216,7 +204,7 @@ def build_arch(name: str) -> tuple[nn.Module, str | None]:
 def training_batches(evaluator: Any, count: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``count`` batches of the study's training images as training sees them (no augmentation):
     the gradients of Taylor importance."""
-    from evaluators.cache import load_arrays
+    from evaluators.data.cache import load_arrays
 
     tc = evaluator.train_config
     arrays = load_arrays(evaluator.dataset, "train", tc.image_size, 3, evaluator.cache_dir)
@@ -227,7 +215,7 @@ def training_batches(evaluator: Any, count: int = 4) -> list[tuple[torch.Tensor,
 
 def check_images(evaluator: Any, channels: int, count: int = 16) -> torch.Tensor:
     """Real validation images (spread over the split) for the output and ONNX checks."""
-    from evaluators.cache import load_arrays
+    from evaluators.data.cache import load_arrays
 
     tc = evaluator.train_config
     arrays = load_arrays(
@@ -250,7 +238,7 @@ class PruneOutcome:
 def _fine_tuner(evaluator: Any, config: RunConfig, epochs: int, rounds: list[Any]) -> Callable[..., Any]:
     """Fine-tuning through ``TrainingEvaluator.train_model`` with the study's training settings and
     ``epochs`` epochs; the network keeps its best weights."""
-    from search.objective import train_config_for
+    from search.driver.objective import train_config_for
 
     tuner = copy.copy(evaluator)
     tuner.train_config = train_config_for(replace(config, epochs=epochs))
@@ -302,8 +290,9 @@ def run_prune(
         RunFailed: the checks failed (the trial is stored as failed with the reason).
     """
     from evaluators import count_params, netscore, profile
-    from search.prune import accumulate_gradients, input_channels, macs_of, prune_to_target, target_from
-    from search.pruned_models import stored_form
+    from evaluators.device import input_channels
+    from search.pruning.checkpoints import stored_form
+    from search.pruning.core import accumulate_gradients, macs_of, prune_to_target, target_from
 
     size = config.complexity_size
     source = load_source(request, config, storage, evaluator)
@@ -396,8 +385,8 @@ def run_checks(
     model: nn.Module, target: int, size: int, images: torch.Tensor, *, onnx: bool = True
 ) -> dict[str, Any]:
     """MACs within 2 % of the target, finite outputs on real images, ONNX export with parity."""
-    from search.onnx_parity import onnx_parity
-    from search.prune import TOLERANCE, is_finite, macs_of, within
+    from search.export.onnx import check_parity, export_onnx
+    from search.pruning.core import TOLERANCE, is_finite, macs_of, within
 
     measured = macs_of(model, size)
     out: dict[str, Any] = {
@@ -409,7 +398,9 @@ def run_checks(
     }
     if onnx:
         with tempfile.TemporaryDirectory(prefix="covidnet-nas-prune-") as tmp:
-            out["onnx"] = onnx_parity(model, images, Path(tmp) / "model.onnx")
+            path = Path(tmp) / "model.onnx"
+            export_onnx(model.eval(), path, tuple(int(v) for v in images.shape[1:]))
+            out["onnx"] = check_parity(path, model, images).to_dict()
     failures = [k for k in ("macs_within_target", "finite") if not out[k]]
     if onnx and not out["onnx"]["passed"]:
         failures.append("onnx_parity")

@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from evaluators.crossval import RunsFailed
-from search.config import RunConfig
+from evaluators.runs import RunsFailed
+from search.driver.config import RunConfig
+from search.driver.study import CandidateOutcome
 from search.errors import RunFailed
-from search.study import CandidateOutcome
 
 
 def train_config_for(config: RunConfig) -> Any:
@@ -57,7 +57,7 @@ class TrainingEvaluator:
         on_epoch_progress: Callable[[int, int, float], None] | None = None,
         cache_dir: str | None = None,
     ) -> None:
-        from evaluators.data import load_dataset
+        from evaluators.data.covidx import load_dataset
 
         self.config = config
         self.dataset = load_dataset(list(config.data) or None, skip_bad=config.skip_bad)
@@ -75,7 +75,7 @@ class TrainingEvaluator:
 
     @property
     def cv(self) -> Any:
-        from evaluators.crossval import CVConfig
+        from evaluators.runs import CVConfig
 
         c = self.config
         return CVConfig(
@@ -114,7 +114,7 @@ class TrainingEvaluator:
         The stored accuracy is the mean over runs with its spread (``val_accuracy_uncertainty``);
         the kept weights are the first run's.
         """
-        from evaluators.crossval import evaluate_runs
+        from evaluators.runs import evaluate_runs
 
         cv = self.cv
         epochs = self.train_config.epochs

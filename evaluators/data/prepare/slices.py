@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from evaluators.ct_volumes import require
+from evaluators.data.prepare.scans import require
 
 LUNG_WINDOW = (-600.0, 1500.0)  # level, width: COVIDx CT's lung window
 BODY_THRESHOLD = -500.0

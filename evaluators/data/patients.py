@@ -1,4 +1,4 @@
-"""Patient-grouped k-fold cross-validation, repeated seeds, and accuracies with their uncertainty.
+"""Patients: who each image belongs to, patient-grouped folds, and patient-level train/val/test splits.
 
 On small CT sets one training run's validation accuracy moves by several points with the seed and
 the split. Here a candidate's accuracy is a set of runs: K folds of the union of the train and val
@@ -10,17 +10,16 @@ and a 95 % interval.
 from __future__ import annotations
 
 import csv
-import math
+import random
 import re
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from evaluators.data import DatasetError, Sample
+from evaluators.data.covidx import SPLITS, DatasetError, Sample
 
 # COVIDx CT names carry the patient after the source prefix: NCP_341_1834_0022.png -> NCP_341,
 # CP_12_3204_0031.png -> CP_12, Normal_2_1209_0000.png -> Normal_2.
@@ -140,67 +139,54 @@ def make_folds(labels: Sequence[int], groups: Sequence[str], k: int, seed: int =
     return [np.array(sorted(f), dtype=np.int64) for f in folds]
 
 
-# ------------------------------------------------------------------------------ uncertainty
-# Two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom (then the normal's 1.96).
-_T95 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)  # fmt: skip
+# ------------------------------------------------------------------ patient-level splits
+def split_patients(
+    patients: Mapping[str, tuple[int, int]], fractions: Sequence[float], seed: int = 0
+) -> dict[str, str]:
+    """Assign whole patients to train/val/test, each class's slices in the given shares.
 
+    Per class, patients are taken in a seeded random order; while the class has a patient for
+    each split with a share, every smaller split first gets one patient no larger than its target
+    (so every split sees every class), then each patient goes to the split furthest below its
+    target. A split left empty at the end takes the smallest patient of the fullest split.
 
-def t95(dof: int) -> float:
-    return _T95[dof - 1] if dof <= len(_T95) else 1.96
+    Args:
+        patients: ``{patient: (class, slices)}``.
+        fractions: shares of train, val and test (a 0 share gets nobody).
+        seed: seed of the random order.
 
-
-@dataclass(frozen=True)
-class Uncertain:
-    """A measured accuracy (percent) with its spread over runs.
-
-    Attributes:
-        mean: the mean over ``values``.
-        std: sample standard deviation (``None`` for one value).
-        values: one value per fold and seed, in run order.
-        ci: 95 % interval: Student's t over the runs when there are several; for a single run the
-            bootstrap interval over its images (``single_run_ci``), when given.
-        method: how ``ci`` was computed ("t over N runs", "bootstrap over images" or "none").
+    Returns:
+        ``{patient: split name}``.
     """
-
-    mean: float
-    std: float | None
-    values: tuple[float, ...]
-    ci: tuple[float, float] | None
-    method: str
-
-    @classmethod
-    def of(cls, values: Sequence[float], single_run_ci: Sequence[float] | None = None) -> Uncertain:
-        vals = tuple(float(v) for v in values)
-        if not vals:
-            raise ValueError("an Uncertain needs at least one value")
-        mean = sum(vals) / len(vals)
-        if len(vals) == 1:
-            ci = (float(single_run_ci[0]), float(single_run_ci[1])) if single_run_ci else None
-            return cls(mean, None, vals, ci, "bootstrap over images" if ci else "none")
-        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
-        half = t95(len(vals) - 1) * std / math.sqrt(len(vals))
-        return cls(mean, std, vals, (mean - half, mean + half), f"t over {len(vals)} runs")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "mean": self.mean,
-            "std": self.std,
-            "values": list(self.values),
-            "ci": list(self.ci) if self.ci else None,
-            "method": self.method,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Uncertain:
-        ci = d.get("ci")
-        return cls(float(d["mean"]), d.get("std"), tuple(d["values"]), tuple(ci) if ci else None, d["method"])
-
-    def overlaps(self, other: Uncertain) -> bool:
-        """Whether the two 95 % intervals overlap (a difference that is not significant)."""
-        if self.ci is None or other.ci is None:
-            return True
-        return self.ci[0] <= other.ci[1] and other.ci[0] <= self.ci[1]
+    rng = random.Random(seed)
+    active = [i for i, f in enumerate(fractions) if f > 0]
+    by_class: dict[int, list[str]] = defaultdict(list)
+    for pid in sorted(patients):
+        by_class[patients[pid][0]].append(pid)
+    assigned: dict[str, int] = {}
+    for label in sorted(by_class):
+        queue = by_class[label]
+        rng.shuffle(queue)
+        total = sum(patients[p][1] for p in queue)
+        target = {i: fractions[i] * total for i in active}
+        filled = dict.fromkeys(active, 0)
+        if len(queue) >= len(active):
+            for i in sorted(active, key=lambda i: fractions[i])[:-1]:
+                fits = [p for p in queue if patients[p][1] <= target[i]]
+                pid = fits[0] if fits else min(queue, key=lambda p: patients[p][1])
+                queue.remove(pid)
+                assigned[pid] = i
+                filled[i] += patients[pid][1]
+        for pid in queue:
+            i = max(active, key=lambda i: (target[i] - filled[i], -i))
+            assigned[pid] = i
+            filled[i] += patients[pid][1]
+    members: dict[int, list[str]] = {i: [p for p, s in assigned.items() if s == i] for i in active}
+    for i in active:
+        donor = max(active, key=lambda j: len(members[j]))
+        if not members[i] and len(members[donor]) > 1:
+            pid = min(members[donor], key=lambda p: (patients[p][1], p))
+            members[donor].remove(pid)
+            members[i].append(pid)
+            assigned[pid] = i
+    return {pid: SPLITS[i] for pid, i in sorted(assigned.items())}

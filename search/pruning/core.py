@@ -30,8 +30,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from evaluators.device import input_channels
 from search.errors import RunFailed, UsageError
-from search.prune_fit import equalise, is_covidnet, repair_shortcuts, tied_convs
+from search.pruning.spec_repair import equalise, is_covidnet, repair_shortcuts, tied_convs
 
 IMPORTANCES = ("magnitude", "taylor", "lamp")
 SCOPES = ("local", "global")
@@ -74,12 +75,6 @@ def classifier_of(model: nn.Module) -> nn.Module:
         if found:
             return found[-1]
     raise UsageError(f"{type(model).__name__} has no Linear or Conv2d layer to prune")
-
-
-def input_channels(model: nn.Module) -> int:
-    """Input channels of the first convolution."""
-    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    return int(first.in_channels) if first is not None else 3
 
 
 def macs_of(model: nn.Module, size: int) -> int:

@@ -19,11 +19,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from evaluators.cache import SplitArrays, concat_arrays, load_arrays
-from evaluators.cv import DEFAULT_PATIENT_REGEX, Grouping, Uncertain, group_samples, make_folds
-from evaluators.data import CLASS_NAMES, CTDataset
+from evaluators.data.cache import SplitArrays, concat_arrays, load_arrays
+from evaluators.data.classes import CLASS_NAMES
+from evaluators.data.covidx import CTDataset
+from evaluators.data.patients import DEFAULT_PATIENT_REGEX, Grouping, group_samples, make_folds
 from evaluators.metrics import EvalResult, compute_metrics
 from evaluators.training import TrainConfig, TrainResult, fit, train
+from evaluators.uncertainty import Uncertain
 
 RunCallback = Callable[[int, float], None]
 
@@ -171,7 +173,7 @@ def evaluate_runs(
         samples = list(dataset.split("train")) + list(dataset.split("val"))
         patients = None
         if cv.patients_csv:
-            from evaluators.cv import read_patients_csv
+            from evaluators.data.patients import read_patients_csv
 
             patients = read_patients_csv(cv.patients_csv)
         grouping = group_samples(

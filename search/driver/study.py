@@ -20,9 +20,9 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from search.config import RunConfig
+from search.driver.config import RunConfig
+from search.driver.storage import open_storage, study_lock
 from search.errors import RunFailed, UsageError
-from search.storage import open_storage, study_lock
 
 OBJECTIVES: dict[str, tuple[list[str], list[str]]] = {
     "pareto": (["val_accuracy", "params", "macs"], ["maximize", "minimize", "minimize"]),

@@ -17,7 +17,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from evaluators.cache import SplitArrays, to_float
+from evaluators.data.cache import SplitArrays, to_float
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,9 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from search.config import RunConfig
+from search.driver.config import RunConfig
+from search.driver.study import OBJECTIVES, netscore_interval
 from search.errors import RunFailed
-from search.study import OBJECTIVES, netscore_interval
 
 SUFFIX = ":baselines"
 KIND_BASELINE = "baseline"

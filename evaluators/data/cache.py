@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evaluators.data import CTDataset, DatasetError, Sample
+from evaluators.data.covidx import CTDataset, DatasetError, Sample
 
 CACHE_ENV = "COVIDNET_NAS_CACHE"
 CACHE_VERSION = 1

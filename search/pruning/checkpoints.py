@@ -41,17 +41,24 @@ def as_spec(model: nn.Module) -> tuple[Any, nn.Module]:
     except ValueError as e:
         raise RunFailed(f"the pruned network is no ArchSpec: {e}") from None
     rebuilt = build(spec, int(model.num_classes))
-    _load_exact(rebuilt, model.state_dict(), f"the rebuilt spec {spec.arch_id}")
+    load_exact(rebuilt, model.state_dict(), f"the rebuilt spec {spec.arch_id}")
     return spec, rebuilt.eval()
 
 
-def _load_exact(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+class WeightsMismatch(RunFailed):
+    """Stored weights whose tensor names or shapes differ from the network they are loaded into."""
+
+
+def load_exact(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Load ``state`` into ``model``; ``WeightsMismatch`` names how many tensors differ, and which."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsMismatch(f"{what}: the weights are not a state dict of tensors")
     mine = model.state_dict()
     diff = [k for k in mine.keys() | state.keys() if k not in mine or k not in state]
     diff += [k for k in mine.keys() & state.keys() if mine[k].shape != state[k].shape]
     if diff:
         shown = ", ".join(sorted(diff)[:4])
-        raise RunFailed(f"{what} does not match the pruned weights ({len(diff)} tensors differ: {shown})")
+        raise WeightsMismatch(f"{what} does not match the weights ({len(diff)} tensors differ: {shown})")
     model.load_state_dict(state)
 
 
@@ -154,12 +161,12 @@ def from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
     model = build_pruned_baseline(
         str(ckpt["baseline"]), ckpt["config"], int(ckpt["num_classes"]), int(ckpt["in_chans"])
     )
-    _load_exact(model, ckpt["state_dict"], f"baseline {ckpt['baseline']!r} rebuilt from its config")
+    load_exact(model, ckpt["state_dict"], f"baseline {ckpt['baseline']!r} rebuilt from its config")
     return model.eval()
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, baseline: str, num_classes: int = 3) -> None:
-    from search.prune import input_channels
+    from evaluators.device import input_channels
 
     torch.save(checkpoint(model, baseline, num_classes, input_channels(model)), str(path))
 
@@ -167,29 +174,6 @@ def save_checkpoint(path: str | Path, model: nn.Module, baseline: str, num_class
 def load_checkpoint(path: str | Path) -> nn.Module:
     """A pruned baseline from its weights file (``torch.load(weights_only=True)``: no pickle)."""
     return from_checkpoint(torch.load(str(path), map_location="cpu", weights_only=True))
-
-
-def model_from_weights(description: dict[str, Any], weights: Any) -> nn.Module:
-    """Any stored network: ``description`` is a trial's ``{"spec": ...}`` or ``{"baseline": ...}``
-    (``search.export.description_of``), ``weights`` what its weights file loads to (a state dict,
-    or a pruned-baseline checkpoint)."""
-    if is_checkpoint(weights):
-        return from_checkpoint(weights)
-    from space import ArchSpec, build
-
-    model: nn.Module
-    if "spec" in description:
-        model = build(ArchSpec.from_dict(description["spec"]), int(description.get("num_classes", 3)))
-    else:
-        from baselines import create_baseline
-
-        model = create_baseline(
-            str(description["baseline"]),
-            num_classes=int(description.get("num_classes", 3)),
-            in_chans=int(description.get("in_chans", 3)),
-        )
-    _load_exact(model, weights, "the stored network")
-    return model.eval()
 
 
 def stored_form(model: nn.Module, baseline: str | None, weights: Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -200,7 +184,7 @@ def stored_form(model: nn.Module, baseline: str | None, weights: Path) -> tuple[
     baseline: ``pruned_config``, a ``builder`` and a checkpoint (``checkpoint``).
     """
     from baselines import baseline_info
-    from search.prune import input_channels
+    from evaluators.device import input_channels
 
     if getattr(model, "spec", None) is not None:
         spec, rebuilt = as_spec(model)

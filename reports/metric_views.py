@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 try:  # the evaluators' names when present; a report of stored results needs no data module
-    from evaluators.data import CLASS_NAMES
+    from evaluators.data.classes import CLASS_NAMES
 except ImportError:  # pragma: no cover
     CLASS_NAMES = ("Normal", "Pneumonia", "COVID-19")
 COVID = CLASS_NAMES[2]
