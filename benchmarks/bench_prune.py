@@ -77,7 +77,7 @@ def main() -> None:
     budget = profile(build(get_reference("ct-s")), (3, size, size), memory=False).macs
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="bench-prune-") as tmp:
-        config = RunConfig(
+        config = RunConfig.make(
             out=args.run_dir or tmp,
             study="bench-prune",
             trials=args.trials,

@@ -35,7 +35,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "sampler_hypervolume.jso
 
 def one_run(sampler: str, seed: int, args: argparse.Namespace, normaliser: Normaliser) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="bench-hv-") as tmp:
-        config = RunConfig(
+        config = RunConfig.make(
             out=tmp,
             study=f"{sampler}-{seed}",
             trials=args.trials,

@@ -10,21 +10,21 @@ __all__ = ["Profile", "count_params", "netscore", "profile"]
 # Data, cache, training and metrics import torchvision; load them on first use so that
 # `from evaluators import profile` stays cheap.
 _LAZY = {
-    "CLASS_NAMES": "evaluators.data.covidx",
+    "CLASS_NAMES": "evaluators.data.classes",
     "CTDataset": "evaluators.data.covidx",
     "DatasetError": "evaluators.data.covidx",
     "Sample": "evaluators.data.covidx",
     "default_data_dir": "evaluators.data.covidx",
     "load_dataset": "evaluators.data.covidx",
-    "SplitArrays": "evaluators.data.covidx.cache",
-    "default_cache_dir": "evaluators.data.covidx.cache",
-    "load_arrays": "evaluators.data.covidx.cache",
+    "SplitArrays": "evaluators.data.cache",
+    "default_cache_dir": "evaluators.data.cache",
+    "load_arrays": "evaluators.data.cache",
     "EvalResult": "evaluators.metrics",
     "compute_metrics": "evaluators.metrics",
-    "evaluate": "evaluators.metrics",
+    "evaluate": "evaluators.evaluate",
     "TrainConfig": "evaluators.training",
     "TrainResult": "evaluators.training",
-    "resolve_device": "evaluators.training",
+    "resolve_device": "evaluators.device",
     "train": "evaluators.training",
 }
 __all__ += list(_LAZY)

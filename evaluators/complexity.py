@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 import weakref
 from collections import Counter
 from dataclasses import dataclass, field
@@ -71,21 +72,26 @@ def count_macs(
     model: nn.Module, input_size: tuple[int, int, int]
 ) -> tuple[int, dict[str, int], dict[str, int]]:
     """fvcore's MAC count of one image: (total, unsupported ops, MACs by module)."""
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():  # fvcore's import scripts a loss with the deprecated torch.jit
+        warnings.simplefilter("ignore", FutureWarning)
+        from fvcore.nn import FlopCountAnalysis
 
     x = torch.zeros(1, *input_size, device=_device_of(model))
     # fvcore logs every unsupported op and traced-module warning; keep them in the result instead.
+    # Tracing warns (TracerWarning, FutureWarning) about internals that do not change the count.
     fv_logger = logging.getLogger("fvcore")
     level = fv_logger.level
     fv_logger.setLevel(logging.ERROR)
     try:
-        analysis = FlopCountAnalysis(model, (x,))
-        analysis.unsupported_ops_warnings(False)
-        analysis.uncalled_modules_warnings(False)
-        analysis.tracer_warnings("none")
-        total = int(analysis.total())
-        unsupported = {str(k): int(v) for k, v in Counter(analysis.unsupported_ops()).items()}
-        by_module = {k: int(v) for k, v in analysis.by_module().items()}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            analysis = FlopCountAnalysis(model, (x,))
+            analysis.unsupported_ops_warnings(False)
+            analysis.uncalled_modules_warnings(False)
+            analysis.tracer_warnings("none")
+            total = int(analysis.total())
+            unsupported = {str(k): int(v) for k, v in Counter(analysis.unsupported_ops()).items()}
+            by_module = {k: int(v) for k, v in analysis.by_module().items()}
     finally:
         fv_logger.setLevel(level)
     return total, unsupported, by_module

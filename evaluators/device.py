@@ -7,9 +7,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from evaluators.settings import ConfigError
+
 
 def _parse_device(device: str) -> torch.device | None:
-    """The device ``device`` names (None for "auto"); ``ValueError`` for anything else."""
+    """The device ``device`` names (None for "auto"); ``ConfigError`` for anything else."""
     if device == "auto":
         return None
     try:
@@ -17,7 +19,7 @@ def _parse_device(device: str) -> torch.device | None:
     except (RuntimeError, TypeError):
         dev = None
     if dev is None or dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
     return dev
 
 
@@ -25,7 +27,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """The torch device for ``device``: "auto" is CUDA when available, then MPS, then the CPU.
 
     Raises:
-        ValueError: an unknown name, or a CUDA/MPS device that is not available here.
+        ConfigError: an unknown name, or a CUDA/MPS device that is not available here.
     """
     if isinstance(device, torch.device):
         return device
@@ -38,11 +40,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but CUDA is not available here")
+        raise ConfigError(f"device {device!r} asked for, but CUDA is not available here")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"device {device!r} asked for, but only {torch.cuda.device_count()} GPUs are here")
+        raise ConfigError(f"device {device!r} asked for, but only {torch.cuda.device_count()} GPUs are here")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"device {device!r} asked for, but MPS is not available here")
+        raise ConfigError(f"device {device!r} asked for, but MPS is not available here")
     return dev
 
 

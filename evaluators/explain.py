@@ -43,6 +43,7 @@ from torch.nn import functional as F
 from evaluators.data.classes import CLASS_NAMES
 from evaluators.device import input_channels
 from evaluators.inference import ImageError, body_box, load_gray, require
+from space.errors import UserInputError
 
 METHODS = ("gradcam", "integrated-gradients")
 MOSTLY_OUTSIDE = 0.5  # an image whose share inside is below this is flagged
@@ -51,7 +52,7 @@ SUMMARY_IMAGES = 10  # images kept in a summary (most outside first); explain.js
 WHOLE_IMAGE = 0.98  # boxes covering this share of the slices on average leave nothing outside
 
 
-class ExplainError(ValueError):
+class ExplainError(UserInputError, ValueError):
     """Bad input to the audit (an image, a box, a method); the message names it."""
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from space.errors import UserInputError
 
-class MissingExtraError(ImportError):
+
+class MissingExtraError(UserInputError, ImportError):
     """An optional dependency is not installed; the message names the extra that provides it."""
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from evaluators.data.classes import CLASS_NAMES
 from evaluators.extras import MissingExtraError
 from evaluators.extras import require as _require
+from space.errors import UserInputError
 
 METADATA_PREFIX = "covidnet_nas."  # keys of the ONNX model's metadata_props written by the export
 _GAUSS5 = None  # the 5-tap kernel, built on first use
@@ -159,7 +160,7 @@ def body_box(image: np.ndarray) -> tuple[int, int, int, int]:
 
 
 # ----------------------------------------------------------------------------- images
-class ImageError(ValueError):
+class ImageError(UserInputError, ValueError):
     """An input file that is not a readable image; the message names the file."""
 
 
@@ -240,13 +241,13 @@ def onnx_classifier(path: str | Path, threads: int | None = None) -> Classifier:
     the input shape and the metadata the export writes."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such ONNX model")
+        raise ImageError(f"{p}: no such ONNX model")
     try:
         session = ort_session(p, threads)
     except MissingExtraError:
         raise
     except Exception as e:
-        raise ValueError(f"{p}: not a loadable ONNX model ({str(e).splitlines()[0]})") from None
+        raise ImageError(f"{p}: not a loadable ONNX model ({str(e).splitlines()[0]})") from None
     inp = session.get_inputs()[0]
     shape = list(inp.shape)
     meta = {
@@ -255,7 +256,7 @@ def onnx_classifier(path: str | Path, threads: int | None = None) -> Classifier:
         if k.startswith(METADATA_PREFIX)
     }
     if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
-        raise ValueError(f"{p}: expected an input of shape (N, C, H, W) with fixed C, H, W, got {shape}")
+        raise ImageError(f"{p}: expected an input of shape (N, C, H, W) with fixed C, H, W, got {shape}")
     names = tuple(json.loads(meta["class_names"])) if "class_names" in meta else CLASS_NAMES
     name = inp.name
 

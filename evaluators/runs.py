@@ -11,6 +11,7 @@ metrics and the first run's weights.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from evaluators.data.classes import CLASS_NAMES
 from evaluators.data.covidx import CTDataset
 from evaluators.data.patients import DEFAULT_PATIENT_REGEX, Grouping, group_samples, make_folds
 from evaluators.metrics import EvalResult, compute_metrics
+from evaluators.settings import ConfigError, check_int, setting
 from evaluators.training import TrainConfig, TrainResult, fit, train
 from evaluators.uncertainty import Uncertain
 
@@ -36,28 +38,33 @@ class RunsFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class CVConfig:
-    """How many folds and seeds, and how patients are found.
+    """How many folds and seeds, and how patients are found (settings: ``evaluators.settings``)."""
 
-    Attributes:
-        folds: K; 1 means the plain train/val split.
-        repeats: R seeds per fold (``seed``, ``seed + 1``, ...).
-        patient_regex: the first group of this regex on a file name is its patient id.
-        patients_csv: a ``filename,patient`` CSV overriding the regex (else a ``patients.csv``
-            in each data folder is used where present).
-        fold_seed: the seed of the fold assignment.
-    """
-
-    folds: int = 1
-    repeats: int = 1
-    patient_regex: str | None = DEFAULT_PATIENT_REGEX
-    patients_csv: str | None = None
-    fold_seed: int = 0
+    folds: int = setting(
+        1, "patient-grouped folds of train+val, one training each (1: the train/val split)", key="cv_folds"
+    )
+    repeats: int = setting(1, "trainings with seeds S, S+1, ... per fold")
+    patient_regex: str | None = setting(
+        DEFAULT_PATIENT_REGEX,
+        "regex whose first group is a file name's patient id (COVIDx: NCP_341 of NCP_341_1834_0022.png)",
+        metavar="RX",
+    )
+    patients_csv: str | None = setting(
+        None,
+        "CSV filename,patient overriding --patient-regex (default: DATA/patients.csv if present)",
+        key="patients",
+        metavar="FILE.csv",
+    )
+    fold_seed: int = setting(0, "seed of the fold assignment", flag=False)
 
     def __post_init__(self) -> None:
-        for name in ("folds", "repeats"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an integer of at least 1, got {v!r}")
+        for name, key in (("folds", "cv_folds"), ("repeats", "repeats")):
+            check_int(key, getattr(self, name))
+        if self.patient_regex:
+            try:
+                re.compile(self.patient_regex)
+            except re.error as e:
+                raise ConfigError(f"patient_regex is not a valid regular expression: {e}") from None
 
     @property
     def runs(self) -> int:

@@ -27,6 +27,7 @@ from evaluators.data.covidx import CTDataset
 from evaluators.device import _parse_device, input_channels, resolve_device, seed_everything
 from evaluators.evaluate import predict
 from evaluators.metrics import EvalResult, compute_metrics
+from evaluators.settings import ConfigError, check_bool, check_int, check_number, coerce, setting, settings_of
 
 EpochCallback = Callable[[int, float, dict[str, Any]], None]
 
@@ -35,94 +36,73 @@ EpochCallback = Callable[[int, float, dict[str, Any]], None]
 class TrainConfig:
     """One training run's settings; the defaults are the COVIDNet-CT paper's.
 
-    Attributes:
-        lr: SGD learning rate.
-        momentum: SGD momentum.
-        weight_decay: L2 weight (SGD weight decay).
-        batch_size: images per training batch.
-        epochs: most epochs to train.
-        image_size: side of the square input (the paper: 512).
-        patience: stop after this many epochs without a better validation accuracy (0: never).
-        cosine: cosine decay of the learning rate over ``epochs`` (the official repository's).
-        augment: the paper's augmentations.
-        exterior_exclusion: replace everything outside the body box by its mean gray level.
-        balanced: class-balanced batches.
-        seed: seed of batches, augmentation and torch's global generator (dropout).
-        device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
-        channels: input channels; ``None`` reads them from the model's first convolution.
-        eval_batch_size: images per forward pass when evaluating.
-        evaluate_test: evaluate the best weights on the test split at the end.
+    Every field is a ``setting`` (``evaluators.settings``): its help text here is the one
+    ``search train --help``, ``search run --help`` and the YAML loaders use, and a new field
+    reaches every flag, config file and stored configuration without being listed again.
     """
 
-    lr: float = 5e-4
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    batch_size: int = 8
-    epochs: int = 20
-    image_size: int = 512
-    patience: int = 5
-    cosine: bool = False
-    augment: bool = True
-    exterior_exclusion: bool = False
-    balanced: bool = True
-    seed: int = 0
-    device: str = "auto"
-    channels: int | None = None
-    eval_batch_size: int = 64
-    evaluate_test: bool = True
+    lr: float = setting(5e-4, "SGD learning rate")
+    momentum: float = setting(0.9, "SGD momentum")
+    weight_decay: float = setting(1e-4, "L2 weight (SGD weight decay)")
+    batch_size: int = setting(8, "images per training batch")
+    epochs: int = setting(20, "most epochs to train")
+    image_size: int = setting(512, "side of the square input, a multiple of 32 (the paper: 512)")
+    patience: int = setting(5, "early stopping: epochs without a better validation accuracy (0: off)")
+    cosine: bool = setting(False, "cosine decay of the learning rate over the epochs")
+    augment: bool = setting(True, "the paper's augmentations")
+    exterior_exclusion: bool = setting(
+        False, "replace everything outside the body box by its mean gray level"
+    )
+    balanced: bool = setting(True, "class-balanced batches")
+    seed: int = setting(0, "seed of weights, batches, augmentation and dropout")
+    device: str = setting("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps", outcome=False)
+    channels: int | None = setting(None, "input channels (none: from the model)", flag=False)
+    eval_batch_size: int = setting(64, "images per forward pass when evaluating", flag=False, outcome=False)
+    evaluate_test: bool = setting(True, "evaluate the best weights on the test split", flag=False)
 
     def __post_init__(self) -> None:
         for name in ("cosine", "augment", "exterior_exclusion", "balanced", "evaluate_test"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+            check_bool(name, getattr(self, name))
         for name in ("lr", "momentum", "weight_decay"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ValueError(f"{name} must be a finite number, got {v!r}")
-        ints = ("batch_size", "epochs", "image_size", "patience", "seed", "eval_batch_size")
-        for name in ints:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise ValueError(f"{name} must be an integer, got {v!r}")
+            check_number(name, getattr(self, name))
+        for name in ("batch_size", "epochs", "image_size", "patience", "seed", "eval_batch_size"):
+            check_int(name, getattr(self, name), low=None)
         if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+            raise ConfigError(f"lr must be positive, got {self.lr}")
         if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be non-negative, got {self.weight_decay}")
+            raise ConfigError(f"weight_decay must be non-negative, got {self.weight_decay}")
         if self.batch_size < 2:
-            raise ValueError(f"batch_size must be at least 2 (batch norm), got {self.batch_size}")
+            raise ConfigError(f"batch_size must be at least 2 (batch norm), got {self.batch_size}")
         if self.epochs < 1:
-            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+            raise ConfigError(f"epochs must be at least 1, got {self.epochs}")
         if self.image_size < 32 or self.image_size % 32:
-            raise ValueError(f"image_size must be a multiple of 32 of at least 32, got {self.image_size}")
+            raise ConfigError(f"image_size must be a multiple of 32 of at least 32, got {self.image_size}")
         if self.patience < 0:
-            raise ValueError(f"patience must be 0 (off) or positive, got {self.patience}")
+            raise ConfigError(f"patience must be 0 (off) or positive, got {self.patience}")
         if self.eval_batch_size < 1:
-            raise ValueError(f"eval_batch_size must be at least 1, got {self.eval_batch_size}")
+            raise ConfigError(f"eval_batch_size must be at least 1, got {self.eval_batch_size}")
         if self.channels is not None and self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1, 3 or null (from the model), got {self.channels!r}")
+            raise ConfigError(f"channels must be 1, 3 or null (from the model), got {self.channels!r}")
         _parse_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """A config from a dict of some of its fields; an unknown key is a ``ValueError``."""
-        known = [f.name for f in fields(cls)]
-        for key in d:
+    def from_dict(cls, d: dict[str, Any], source: str = "") -> TrainConfig:
+        """A config from a dict of some of its fields (YAML-typed values are checked and coerced);
+        an unknown key is a ``ConfigError`` with the closest known one."""
+        known = {f.name: s for f, s in zip(fields(cls), settings_of(cls))}
+        values = {}
+        where = f"{source}: " if source else ""
+        for key, value in d.items():
             if key not in known:
-                close = difflib.get_close_matches(str(key), known, n=1)
+                close = difflib.get_close_matches(str(key), list(known), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(known)})"
-                raise ValueError(f"unknown training setting {key!r}{hint}")
-        values = dict(d)
-        for name in ("lr", "momentum", "weight_decay"):  # YAML reads 1e-4 as a string
-            if isinstance(values.get(name), str):
-                try:
-                    values[name] = float(values[name])
-                except ValueError:
-                    raise ValueError(f"{name} must be a finite number, got {values[name]!r}") from None
+                raise ConfigError(f"{where}unknown training setting {key!r}{hint}")
+            values[key] = coerce(known[key], value, source)
         return cls(**values)
 
 

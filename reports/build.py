@@ -34,11 +34,12 @@ from reports.pareto import pareto_indices
 from reports.plots import pareto_plot, progress_plot
 from reports.progress import Progress, progress
 from reports.tables import Table, per_class_table, summary_table, table3, tradeoff_table
+from space.errors import UserInputError
 
 SPLITS = ("test", "val")
 
 
-class NoCompletedTrials(RuntimeError):
+class NoCompletedTrials(UserInputError, RuntimeError):
     """The study has no trained, feasible candidate yet: there is nothing to report."""
 
 

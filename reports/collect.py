@@ -21,6 +21,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from reports.metric_views import read_metrics
+from space.errors import UserInputError
 
 CT_L_ORIGIN = "prototype:ct-l"
 KIND_SEARCH = "search"
@@ -56,7 +57,7 @@ CORE_COLUMNS = (
 )
 
 
-class StudyNotFound(LookupError):
+class StudyNotFound(UserInputError, LookupError):
     """No study of the given name in the storage; ``names`` lists the studies there."""
 
     def __init__(self, name: str, names: list[str]) -> None:

@@ -1,22 +1,24 @@
 """The ``search`` console script: a table of nested subcommands, one module each.
 
 Each module in ``COMMAND_MODULES`` has ``register(subparsers)``, which adds its parser(s) and sets
-``func`` (called with the parsed ``argparse.Namespace``, returning an exit code). Usage errors print
-one line and exit 2; ``--debug`` shows the traceback instead.
+``func`` (called with the parsed ``argparse.Namespace``, returning an exit code). User-input errors
+print one line and exit 2; bugs show their traceback (see ``main``).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import os
+import logging
 import sys
 import traceback
-import warnings
 from collections.abc import Sequence
 from typing import NoReturn
 
-from search.errors import RunFailed, UsageError
+from optuna.exceptions import StorageInternalError
+
+from search.errors import RunFailed
+from space.errors import UserInputError
 
 COMMAND_MODULES = (
     "search.commands.space",
@@ -54,35 +56,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_libraries() -> None:
-    # fvcore and torch.jit warn about tracing internals on every profile; results record what
-    # could not be counted, so the warnings are noise to a user.
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
-    warnings.filterwarnings("ignore", category=UserWarning, module="fvcore")
-    warnings.filterwarnings("ignore", message=".*ExperimentalWarning.*")
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit code.
+
+    A user-input error (``space.errors.UserInputError``: bad spec, data, flag, name, missing extra)
+    is one line and exit 2. ``RunFailed`` (work that could not finish, not a bug) and errors of the
+    machine or the storage (``OSError``, Optuna's ``StorageInternalError``) are one line and exit 1.
+    Anything else is a bug in the toolkit: its traceback, a line saying so, exit 1.
+    """
     parser = build_parser()
     args = parser.parse_args(_global_flags_first(list(sys.argv[1:] if argv is None else argv)))
     debug = bool(getattr(args, "debug", False))
-    if not debug:
-        _quiet_libraries()
+    logging.basicConfig(format="search: %(levelname)s: %(message)s", level=logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as e:
+    except UserInputError as e:
         if debug:
             traceback.print_exc()
-        code = 1 if isinstance(e, RunFailed) else 2 if _is_usage(e) else 1
         print(f"search: error: {_one_line(e)}", file=sys.stderr)
-        if code == 1 and not isinstance(e, RunFailed) and not debug:
+        return 2
+    except (RunFailed, OSError, StorageInternalError) as e:
+        if debug:
+            traceback.print_exc()
+        print(f"search: error: {_one_line(e)}", file=sys.stderr)
+        if not isinstance(e, RunFailed) and not debug:
             print("search: run again with --debug for the traceback", file=sys.stderr)
-        return code
+        return 1
+    except Exception:
+        traceback.print_exc()
+        print(
+            "search: internal error: this is a bug in covidnet-nas, not in your input; "
+            "please report it with the traceback above",
+            file=sys.stderr,
+        )
+        return 1
 
 
 GLOBAL_FLAGS = ("--debug", "--quiet")
@@ -94,17 +104,8 @@ def _global_flags_first(argv: list[str]) -> list[str]:
     return flags + [a for a in argv if a not in GLOBAL_FLAGS]
 
 
-def _is_usage(e: Exception) -> bool:
-    from evaluators.extras import MissingExtraError
-    from space.spec import SpecError
-
-    usage = (UsageError, SpecError, KeyError, FileNotFoundError, ValueError, MissingExtraError)
-    return isinstance(e, usage)
-
-
-def _one_line(e: Exception) -> str:
-    text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    return " ".join(str(text).split()) or type(e).__name__
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

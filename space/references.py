@@ -100,7 +100,7 @@ def load_spec(name_or_path: str) -> ArchSpec:
     path = Path(name_or_path)
     if name_or_path.endswith(".json") or path.is_file():
         if not path.is_file():
-            raise FileNotFoundError(f"{name_or_path}: no such spec file")
+            raise SpecError("", "no such spec file", name_or_path)
         try:
             return ArchSpec.from_json(path.read_text())
         except SpecError as e:

@@ -6,14 +6,16 @@ import difflib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from space.errors import UnknownNameError
+
 T = TypeVar("T")
 
 
 class Registry(Generic[T]):
     """Maps names to factories.
 
-    A duplicate name is a ``ValueError``; a missing name is a ``KeyError`` whose message lists the
-    known names and suggests the closest one.
+    A duplicate name is a ``ValueError``; a missing name is an ``UnknownNameError`` (a ``KeyError``)
+    whose message lists the known names and suggests the closest one.
     """
 
     def __init__(self, kind: str) -> None:
@@ -41,7 +43,7 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            raise KeyError(self.unknown_message(name)) from None
+            raise UnknownNameError(self.unknown_message(name)) from None
 
     def unknown_message(self, name: str) -> str:
         known = sorted(self._items)

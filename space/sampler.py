@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from space.errors import UserInputError
 from space.spec import ArchSpec, BlockSpec, HeadSpec, StageSpec, StemSpec
 
 
@@ -95,7 +96,7 @@ def sample(trial: TrialLike) -> ArchSpec:
     return ArchSpec(stem=stem, stages=tuple(stages), head=HeadSpec())
 
 
-class NotInSpaceError(ValueError):
+class NotInSpaceError(UserInputError, ValueError):
     """A spec that the search space cannot produce."""
 
 

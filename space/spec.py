@@ -13,6 +13,8 @@ import json
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
+from space.errors import UserInputError
+
 SCHEMA_VERSION = 1
 
 KERNEL_SIZES = (3, 5, 7)
@@ -23,7 +25,7 @@ IN_CHANNELS = (1, 3)
 MAX_CHANNELS = 8192
 
 
-class SpecError(ValueError):
+class SpecError(UserInputError, ValueError):
     """An invalid architecture spec; ``path`` names the offending field."""
 
     def __init__(self, path: str, message: str, source: str = "") -> None:

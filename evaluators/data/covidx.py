@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from evaluators.data.classes import CLASS_NAMES, NUM_CLASSES
+from space.errors import UserInputError
 
 SPLITS = ("train", "val", "test")
 
@@ -31,7 +32,7 @@ _PNG_TRAILER = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 _PROBE = 20  # filenames tried when choosing the image folder
 
 
-class DatasetError(ValueError):
+class DatasetError(UserInputError, ValueError):
     """Bad data: the message names the file and, for a label line, the line number."""
 
 

@@ -4,104 +4,82 @@ tables, and the setup of commands that train beside a search (baselines, prune).
 from __future__ import annotations
 
 import argparse
-import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
+from evaluators.settings import Setting, parse_count
 from search.console import err_console, print_table
-from search.driver.config import OBJECTIVES, SAMPLERS, TRAINING_KEYS, RunConfig, resolve
+from search.driver.config import RUN_TRAINING_DEFAULTS, SETTINGS, TRAINING_KEYS, RunConfig, resolve
 from search.errors import UsageError
 
-# ------------------------------------------------------------------ run-configuration flags
-HELP = {
-    "data": "COVIDx-format data folder; repeat for a union of cohorts (default: the bundled data)",
-    "out": "output folder: study.db, artifacts/, config.yaml (default runs/search)",
-    "storage": "Optuna storage URL: sqlite:///f.db (default: OUT/study.db), postgresql://..., journal:f.log",
-    "study": "study name; the same storage and study resume",
-    "artifacts": "artifact store for weights: a folder or s3://bucket (default OUT/artifacts)",
-    "trials": "total trials of the study, over all workers",
-    "objective": "pareto (accuracy, params, MACs) or netscore",
-    "sampler": "override the sampler: nsga2, tpe, random or gp (default tpe)",
-    "seed": "seed of the sampler and of training",
-    "max_params": "hard budget on params (e.g. 450K, 1.2M)",
-    "max_macs": "hard budget on MACs at --complexity-size (e.g. 0.97G)",
-    "complexity_size": "input size at which params/MACs/NetScore are measured (default 512, the paper's)",
-    "population": "NSGA-II population size",
-    "startup_trials": "random trials before TPE/GP/median pruning kick in",
-    "prune_warmup": "epochs before a trial may be pruned",
-    "prune_margin": "Pareto pruning: accuracy points a dominating finished trial must lead by",
-    "epochs": "training epochs per candidate",
-    "image_size": "training image size (a multiple of 32)",
-    "batch_size": "batch size",
-    "lr": "SGD learning rate",
-    "momentum": "SGD momentum",
-    "weight_decay": "L2 weight decay",
-    "patience": "early stopping: epochs without a better val accuracy",
-    "cosine": "cosine learning-rate decay",
-    "augment": "the paper's augmentations",
-    "exterior_exclusion": "replace the background outside the body box by its mean",
-    "device": "auto, cpu, cuda or cuda:N",
-    "skip_bad": "skip (and list) bad label lines instead of stopping",
-    "heartbeat": "seconds between heartbeats of a running trial (a silent one is failed and retried)",
-    "max_retry": "retries of a trial whose worker died",
-    "max_failures": "stop this worker after this many failed trials in a row",
-    "cv_folds": "patient-grouped folds of train+val per candidate (1: the plain train/val split)",
-    "repeats": "trainings with different seeds per fold",
-    "patient_regex": "regex whose first group is the patient id in a file name (default: COVIDx's NCP_341)",
-    "patients": "CSV filename,patient overriding --patient-regex (default: DATA/patients.csv if present)",
-}
 
-
-def parse_count(text: str) -> int:
-    """``450000``, ``450K``, ``1.2M``, ``0.97G`` -> an integer count."""
-    t = text.strip().upper().replace(",", "").replace("_", "")
-    scale = {"K": 1e3, "M": 1e6, "G": 1e9}.get(t[-1:], 1.0)
-    number = t[:-1] if t[-1:] in "KMG" else t
+# ------------------------------------------------------------------ setting flags
+def count_type(text: str) -> int:
+    """argparse's type for counts such as ``450K`` (``evaluators.settings.parse_count``)."""
     try:
-        value = float(number) * scale
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a count such as 450000, 450K, 1.2M or 0.97G, got {text!r}"
-        ) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
-    return round(value)
+        return parse_count(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (tuple, list)):
+        return ", ".join(map(str, value)) or "none"
+    return "none" if value is None else str(value)
+
+
+def add_setting_flags(
+    p: argparse.ArgumentParser,
+    settings: dict[str, Setting],
+    only: set[str] | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> None:
+    """One flag per setting (``--max-params`` for ``max_params``), derived from its dataclass field.
+
+    Defaults are suppressed in the parsed namespace, so that only the flags given on the command
+    line override a config file; the help shows the value used when neither sets it (``defaults``
+    overrides the field's own default, e.g. ``search run``'s training defaults).
+    """
+    for key, s in settings.items():
+        if only is not None and key not in only:
+            continue
+        default = (defaults or {}).get(key, s.default)
+        text = s.help + (f" (default {_show(default)})" if s.type is not tuple else "")
+        kw: dict[str, Any] = {"dest": key, "default": argparse.SUPPRESS, "help": text}
+        if s.type is tuple:
+            p.add_argument(s.flag_name, action="append", metavar=s.metavar or "DIR", **kw)
+        elif s.type is bool:
+            p.add_argument(s.flag_name, action=argparse.BooleanOptionalAction, **kw)
+        elif s.parse is not None:
+            p.add_argument(s.flag_name, type=count_type, metavar=s.metavar or "N", **kw)
+        elif s.choices is not None:
+            p.add_argument(s.flag_name, choices=s.choices, **kw)
+        elif s.type in (int, float):
+            p.add_argument(
+                s.flag_name, type=s.type, metavar=s.metavar or ("N" if s.type is int else "X"), **kw
+            )
+        else:
+            p.add_argument(s.flag_name, metavar=s.metavar or key.split("_")[-1].upper(), **kw)
+
+
+def given_settings(args: argparse.Namespace, settings: dict[str, Setting]) -> dict[str, Any]:
+    """The settings given as flags (``add_setting_flags`` suppresses the others)."""
+    out = {k: v for k, v in vars(args).items() if k in settings}
+    for key, value in out.items():
+        if settings[key].type is tuple:
+            out[key] = tuple(value)
+    return out
 
 
 def add_run_flags(p: argparse.ArgumentParser, only: set[str] | None = None) -> None:
-    """One flag per ``RunConfig`` field (``--max-params`` for ``max_params``), defaults suppressed
-    so that only flags given on the command line override the config file."""
-    hints = typing.get_type_hints(RunConfig)
-    for f in fields(RunConfig):
-        if only is not None and f.name not in only:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
-        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": HELP.get(f.name, "")}
-        args = typing.get_args(kind)
-        base = next((a for a in args if a is not type(None)), kind) if args else kind
-        if f.name == "data":
-            p.add_argument(flag, action="append", metavar="DIR", **kw)
-        elif base is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-        elif f.name in ("max_params", "max_macs"):
-            p.add_argument(flag, type=parse_count, metavar="N", **kw)
-        elif f.name == "objective":
-            p.add_argument(flag, choices=OBJECTIVES, **kw)
-        elif f.name == "sampler":
-            p.add_argument(flag, choices=SAMPLERS, **kw)
-        elif base in (int, float):
-            p.add_argument(flag, type=base, metavar="N" if base is int else "X", **kw)
-        else:
-            p.add_argument(flag, metavar=f.name.split("_")[-1].upper(), **kw)
+    """The flags of a search run's settings (``search.driver.config.SETTINGS``)."""
+    add_setting_flags(p, SETTINGS, only, RUN_TRAINING_DEFAULTS)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    names = {f.name for f in fields(RunConfig)}
-    overrides = {k: v for k, v in vars(args).items() if k in names}
-    if "data" in overrides:
-        overrides["data"] = tuple(overrides["data"])
-    return resolve(getattr(args, "config", None), overrides)
+    return resolve(getattr(args, "config", None), given_settings(args, SETTINGS))
 
 
 # ------------------------------------------------------------------ data and metrics
@@ -201,6 +179,7 @@ def print_metrics(result: Any, title: str) -> None:
 
 
 # ------------------------------------------------------------------ training beside a search
+# What a command training beside a search takes from the search study (flags may override it).
 INHERITED = (*TRAINING_KEYS, "complexity_size", "data", "artifacts", "device", "skip_bad")
 
 
@@ -210,7 +189,7 @@ def study_training_config(args: argparse.Namespace, storage: Any) -> tuple[RunCo
     import optuna
 
     flags = config_from_args(args)
-    given = {f.name for f in fields(RunConfig)} & set(vars(args))
+    given = set(given_settings(args, SETTINGS))
     try:
         stored = optuna.load_study(study_name=flags.study, storage=storage).user_attrs.get("run_config", {})
     except KeyError:
@@ -218,12 +197,12 @@ def study_training_config(args: argparse.Namespace, storage: Any) -> tuple[RunCo
     settings = {k: v for k, v in stored.items() if k in INHERITED}
     if "data" in settings:
         settings["data"] = tuple(settings["data"])
-    differs = [k for k in given & set(settings) if getattr(flags, k) != settings[k]]
-    merged = {**settings, **{k: getattr(flags, k) for k in given}, "study": flags.study}
+    differs = [k for k in given & set(settings) if flags.get(k) != settings[k]]
+    merged = {**settings, **{k: flags.get(k) for k in given}, "study": flags.study}
     if flags.storage:
         merged["storage"] = flags.storage
     merged["out"] = flags.out
-    return RunConfig(**merged), sorted(differs)
+    return RunConfig.make(**merged), sorted(differs)
 
 
 @dataclass

@@ -70,7 +70,7 @@ def read_weights(path: Path) -> dict[str, Any]:
     import torch
 
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such weights file")
+        raise UsageError(f"{path}: no such weights file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:

@@ -90,7 +90,7 @@ def run_search(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     config.out_dir.mkdir(parents=True, exist_ok=True)
     write_yaml(config, config.out_dir / "config.yaml")
-    display = _Display(config.trials, config.epochs, bool(args.quiet))
+    display = _Display(config.trials, config.train.epochs, bool(args.quiet))
     evaluator = TrainingEvaluator(config, on_epoch_progress=display.epoch)
     store = artifact_store(config.artifacts_dir)
     driver = SearchDriver(config, evaluator, upload=lambda trial, path: upload_weights(store, trial, path))

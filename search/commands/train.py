@@ -17,32 +17,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import time
 from pathlib import Path
 from typing import Any
 
-from search.commands._common import check_size, data_flags, load_data, print_metrics, warn
+from evaluators.files import write_file_atomically, write_json
+from evaluators.settings import ConfigError, Setting, flagged, settings_of
+from search.commands._common import (
+    add_setting_flags,
+    check_size,
+    data_flags,
+    given_settings,
+    load_data,
+    print_metrics,
+    warn,
+)
 from search.console import console, err_console, print_table
 from search.errors import RunFailed, UsageError
-
-# flag -> TrainConfig field, for the flags that set one
-_FLAGS = {
-    "epochs": "epochs",
-    "image_size": "image_size",
-    "batch_size": "batch_size",
-    "lr": "lr",
-    "momentum": "momentum",
-    "weight_decay": "weight_decay",
-    "patience": "patience",
-    "seed": "seed",
-    "device": "device",
-    "cosine": "cosine",
-    "augment": "augment",
-    "exterior_exclusion": "exterior_exclusion",
-    "balanced": "balanced",
-}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,90 +48,54 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--arch", required=True, metavar="NAME|SPEC.json", help="a reference spec (ct-l, ct-s) or a file"
     )
     data_flags(p)
-    p.add_argument("--config", metavar="FILE.yaml", help="training settings (TrainConfig fields); flags win")
-    p.add_argument("--epochs", type=int, help="most epochs (default 20)")
-    p.add_argument("--image-size", type=int, help="input side, a multiple of 32 (default 512, the paper's)")
-    p.add_argument("--batch-size", type=int, help="default 8")
-    p.add_argument("--lr", type=float, help="learning rate (default 5e-4)")
-    p.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
-    p.add_argument("--weight-decay", type=float, help="L2 weight (default 1e-4)")
     p.add_argument(
-        "--patience", type=int, help="early stopping: epochs without a better val accuracy (0: off)"
+        "--config", metavar="FILE.yaml", help="training settings (TrainConfig and CVConfig keys); flags win"
     )
-    p.add_argument("--seed", type=int, help="seed of weights, batches and augmentation (default 0)")
-    p.add_argument("--device", help="auto (default: CUDA when available), cpu, cuda, cuda:N or mps")
-    p.add_argument("--cosine", action=argparse.BooleanOptionalAction, default=None, help="cosine lr decay")
-    p.add_argument(
-        "--augment", action=argparse.BooleanOptionalAction, default=None, help="the paper's augmentation"
-    )
-    p.add_argument(
-        "--exterior-exclusion",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="replace what lies outside the body box by its mean",
-    )
-    p.add_argument(
-        "--balanced", action=argparse.BooleanOptionalAction, default=None, help="class-balanced batches"
-    )
-    p.add_argument(
-        "--cv-folds",
-        type=int,
-        default=1,
-        metavar="K",
-        help="patient-grouped folds of train+val, one training each (default 1: the train/val split; "
-        "with folds the test split is not used)",
-    )
-    p.add_argument(
-        "--repeats", type=int, default=1, metavar="R", help="trainings with seeds S, S+1, ... per fold"
-    )
-    p.add_argument(
-        "--patient-regex",
-        metavar="RX",
-        help="regex whose first group is a file name's patient id (default: COVIDx's NCP_341 of "
-        "NCP_341_1834_0022.png)",
-    )
-    p.add_argument(
-        "--patients",
-        metavar="FILE.csv",
-        help="CSV filename,patient overriding --patient-regex (default: DATA/patients.csv if present)",
-    )
+    add_setting_flags(p, flag_settings())
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/train/<arch>-<time>)")
     p.add_argument("--json", action="store_true", help="print metrics.json instead of tables")
     p.set_defaults(func=run_train)
 
 
-def resolve_config(args: argparse.Namespace) -> Any:
-    """TrainConfig from defaults, then ``--config``, then flags; errors name the flag or file."""
+def flag_settings() -> dict[str, Setting]:
+    """The settings ``search train`` takes as flags: every user-facing ``TrainConfig`` and
+    ``CVConfig`` setting (``evaluators.settings``)."""
+    from evaluators.runs import CVConfig
     from evaluators.training import TrainConfig
 
-    values: dict[str, Any] = {}
-    if args.config:
-        import yaml
+    return {**flagged(TrainConfig), **flagged(CVConfig)}
 
-        path = Path(args.config)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such config file")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UsageError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
-        if not isinstance(loaded, dict):
-            raise UsageError(f"{path}: must be a mapping of training settings, got {type(loaded).__name__}")
-        try:
-            TrainConfig.from_dict(loaded)
-        except (ValueError, TypeError) as e:
-            raise UsageError(f"{path}: {e}") from None
-        values.update(loaded)
-    flags = {field: getattr(args, flag) for flag, field in _FLAGS.items() if getattr(args, flag) is not None}
-    values.update(flags)
+
+def file_settings() -> dict[str, Setting]:
+    """The keys a ``search train --config`` file may hold: every ``TrainConfig`` field (the
+    ``config.yaml`` a run writes reads back) and the ``CVConfig`` settings."""
+    from evaluators.training import TrainConfig
+
+    return {**{s.key: s for s in settings_of(TrainConfig)}, **flag_settings()}
+
+
+def resolve(args: argparse.Namespace) -> tuple[Any, Any]:
+    """``TrainConfig`` and ``CVConfig`` from their defaults (the paper's), then ``--config``, then
+    flags; a bad value is a one-line error naming the flag or the file."""
+    from evaluators.runs import CVConfig
+    from evaluators.training import TrainConfig
+    from search.driver.config import read_yaml
+
+    known = file_settings()
+    from_file = read_yaml(args.config, known) if args.config else {}
+    flags = given_settings(args, flag_settings())
+    values = {**from_file, **flags}
+    parts: dict[type, dict[str, Any]] = {TrainConfig: {}, CVConfig: {}}
+    for key, value in values.items():
+        parts[known[key].owner][known[key].name] = value
     try:
-        return TrainConfig.from_dict(values)
-    except ValueError as e:
+        return TrainConfig(**parts[TrainConfig]), CVConfig(**parts[CVConfig])
+    except ConfigError as e:
         text = str(e)
-        for flag, field in _FLAGS.items():
-            if field in flags and text.startswith(field + " "):
-                raise UsageError("--" + flag.replace("_", "-") + text[len(field) :]) from None
-        raise UsageError(f"{args.config}: {text}" if args.config else text) from None
+        key = text.split(" ", 1)[0]
+        if key in flags:
+            raise UsageError(known[key].flag_name + text[len(key) :]) from None
+        raise UsageError(f"{args.config}: {text}" if args.config and key in from_file else text) from None
 
 
 def _versions() -> dict[str, str]:
@@ -160,12 +116,6 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def run_train(args: argparse.Namespace) -> int:
     import torch
     import yaml
@@ -174,13 +124,13 @@ def run_train(args: argparse.Namespace) -> int:
     from evaluators.training import train
     from space import build, load_spec
 
-    cfg = resolve_config(args)
+    cfg, cv = resolve(args)
     check_size(cfg.image_size)
     try:
         device = resolve_device(cfg.device)
     except ValueError as e:
         raise UsageError(f"--{e}") from None
-    cv = resolve_cv(args)
+    check_cv(args, cv)
     spec = load_spec(args.arch)
     dataset = load_data(args)
     grouping = check_grouping(dataset, cv) if cv.folds > 1 else None
@@ -206,9 +156,7 @@ def run_train(args: argparse.Namespace) -> int:
     result = train(model, dataset, cfg, cache_dir=args.cache_dir, progress=not quiet)
 
     if result.state_dict:
-        tmp = out / "weights.pt.tmp"
-        torch.save(result.state_dict, tmp)
-        os.replace(tmp, out / "weights.pt")
+        write_file_atomically(out / "weights.pt", lambda tmp: torch.save(result.state_dict, tmp))
     else:  # nothing was validated: no weights, and none left over from an earlier run in --out
         (out / "weights.pt").unlink(missing_ok=True)
     metrics = {
@@ -218,7 +166,7 @@ def run_train(args: argparse.Namespace) -> int:
         "data": {"given": [str(d) for d in args.data] if args.data else None, **dataset.summary()},
         "versions": _versions(),
     }
-    _write_json(out / "metrics.json", metrics)
+    write_json(out / "metrics.json", metrics)
     if not result.ok:
         raise RunFailed(f"{result.reason} (metrics in {out / 'metrics.json'})")
     if args.json:
@@ -237,23 +185,10 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ folds and repeated seeds
-def resolve_cv(args: argparse.Namespace) -> Any:
-    """``CVConfig`` from ``--cv-folds``, ``--repeats``, ``--patient-regex`` and ``--patients``."""
-    from evaluators.data.patients import DEFAULT_PATIENT_REGEX
-    from evaluators.runs import CVConfig
-
-    for flag in ("cv_folds", "repeats"):
-        value = getattr(args, flag)
-        if value < 1:
-            raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
-    if args.cv_folds == 1 and (args.patient_regex or args.patients):
+def check_cv(args: argparse.Namespace, cv: Any) -> None:
+    """Warn where patient flags are given but no folds use them."""
+    if cv.folds == 1 and ("patient_regex" in vars(args) or "patients" in vars(args)):
         warn("--patient-regex and --patients apply only with --cv-folds 2 or more; ignored")
-    return CVConfig(
-        folds=args.cv_folds,
-        repeats=args.repeats,
-        patient_regex=args.patient_regex or DEFAULT_PATIENT_REGEX,
-        patients_csv=args.patients,
-    )
 
 
 def check_grouping(dataset: Any, cv: Any) -> Any:
@@ -265,7 +200,7 @@ def check_grouping(dataset: Any, cv: Any) -> Any:
 
     samples = [*dataset.split("train"), *dataset.split("val")]
     if cv.patients_csv and not Path(cv.patients_csv).is_file():
-        raise FileNotFoundError(f"{cv.patients_csv}: no such patients file")
+        raise UsageError(f"{cv.patients_csv}: no such patients file")
     patients = read_patients_csv(cv.patients_csv) if cv.patients_csv else None
     grouping = group_samples(
         samples,
@@ -354,12 +289,10 @@ def _train_runs(
             raise
         (out / "weights.pt").unlink(missing_ok=True)
         failed = {"status": "failed", "reason": str(e), "config": cfg.to_dict(), "cv": cv.to_dict()}
-        _write_json(out / "metrics.json", {**common, **failed})
+        write_json(out / "metrics.json", {**common, **failed})
         raise RunFailed(f"{e} (metrics in {out / 'metrics.json'})") from None
     first = result.first
-    tmp = out / "weights.pt.tmp"
-    torch.save(first.state_dict, tmp)
-    os.replace(tmp, out / "weights.pt")
+    write_file_atomically(out / "weights.pt", lambda tmp: torch.save(first.state_dict, tmp))
     r0 = result.runs[0]
     metrics = {
         "arch": common["arch"],
@@ -374,7 +307,7 @@ def _train_runs(
         "weights": {"run": 1, "fold": r0["fold"], "seed": r0["seed"], "val_accuracy": r0["val_accuracy"]},
         **{k: v for k, v in common.items() if k != "arch"},
     }
-    _write_json(out / "metrics.json", metrics)
+    write_json(out / "metrics.json", metrics)
     if args.json:
         print(json.dumps(metrics, indent=2))
         return 0

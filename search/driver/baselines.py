@@ -21,6 +21,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from search.driver.config import RunConfig
+from search.driver.storage import optuna_quiet
 from search.driver.study import OBJECTIVES, netscore_interval
 from search.errors import RunFailed
 
@@ -45,7 +46,8 @@ def open_baselines_study(storage: BaseStorage, study: str, artifacts: str) -> op
         storage=storage, study_name=baselines_study_name(study), directions=directions, load_if_exists=True
     )
     if "kind" not in s.user_attrs:
-        s.set_metric_names(names)
+        with optuna_quiet():
+            s.set_metric_names(names)
         s.set_user_attr("kind", KIND_BASELINE)
         s.set_user_attr("search_study", study)
     if "artifacts" not in s.user_attrs:
@@ -98,7 +100,8 @@ def run_baselines(
             info = baseline_info(name)
             model = create_baseline(name, num_classes=3, in_chans=3)  # profiled; runs build their own
             prof = profile(model, (3, size, size))
-            trial = study.ask()
+            with optuna_quiet():
+                trial = study.ask()
             start = time.time()
             attrs: dict[str, Any] = {
                 "kind": KIND_BASELINE,

@@ -1,108 +1,150 @@
 """The configuration of a search run: defaults, then an optional YAML file, then flags.
 
-The resolved configuration is one frozen ``RunConfig``; it is written next to the run's outputs
-(``config.yaml``) and into the study's user attrs, so a report or a resumed run knows exactly how
-the candidates were trained.
+The resolved configuration is one frozen ``RunConfig``: the search's own settings, the
+``TrainConfig`` every candidate is trained with and the ``CVConfig`` that says how its accuracy is
+measured. Flags, YAML keys and the stored copy (``config.yaml`` next to the run's outputs, and the
+study's ``run_config`` user attr) are one flat namespace derived from the three dataclasses'
+fields (``evaluators.settings``): a new training setting is one field of ``TrainConfig``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, fields
+import difflib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from evaluators.runs import CVConfig
+from evaluators.settings import ConfigError, Setting, check_int, coerce, flagged, parse_count, setting
+from evaluators.training import TrainConfig
 from search.errors import UsageError
 
 OBJECTIVES = ("pareto", "netscore")
 SAMPLERS = ("nsga2", "tpe", "random", "gp")
+# What `search run` trains with where the paper's defaults (TrainConfig's) do not fit a search.
+RUN_TRAINING_DEFAULTS: dict[str, Any] = {"epochs": 4, "image_size": 64, "patience": 0}
+
+
+def _run_training() -> TrainConfig:
+    return TrainConfig(**RUN_TRAINING_DEFAULTS)
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that decides what a search does.
 
-    Attributes mirror the ``search run`` flags (``--max-params`` is ``max_params``). ``storage``,
-    ``artifacts`` default to ``study.db`` and ``artifacts/`` inside ``out``; ``data`` empty means
-    the bundled dataset.
+    ``storage`` and ``artifacts`` default to ``study.db`` and ``artifacts/`` inside ``out``;
+    ``data`` empty means the bundled dataset. ``train`` and ``cv`` are the training and measuring
+    settings (their flags are flat: ``--epochs``, ``--cv-folds``); build one from flat settings
+    with ``RunConfig.make(epochs=1, out=...)``.
     """
 
     # where
-    data: tuple[str, ...] = ()
-    out: str = "runs/search"
-    storage: str | None = None
-    study: str = "covidnet-ct"
-    artifacts: str | None = None
+    data: tuple[str, ...] = setting(
+        (),
+        "COVIDx-format data folder; repeat for a union of cohorts (default: the bundled data)",
+        metavar="DIR",
+    )
+    out: str = setting("runs/search", "output folder: study.db, artifacts/, config.yaml", metavar="DIR")
+    storage: str | None = setting(
+        None,
+        "Optuna storage URL: sqlite:///f.db (default: OUT/study.db), postgresql://..., journal:f.log",
+        metavar="URL",
+    )
+    study: str = setting("covidnet-ct", "study name; the same storage and study resume", metavar="NAME")
+    artifacts: str | None = setting(
+        None,
+        "artifact store for weights: a folder or s3://bucket (default OUT/artifacts)",
+        metavar="LOCATION",
+    )
     # what is searched and how
-    trials: int = 12
-    objective: str = "pareto"
-    sampler: str | None = None
-    seed: int = 0
-    max_params: int | None = None
-    max_macs: int | None = None
-    complexity_size: int = 512
-    population: int = 8
-    startup_trials: int = 4
-    prune_warmup: int = 1
-    prune_margin: float = 5.0
-    # how each candidate is trained
-    epochs: int = 4
-    image_size: int = 64
-    batch_size: int = 8
-    lr: float = 5e-4
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    patience: int | None = None
-    cosine: bool = False
-    augment: bool = True
-    exterior_exclusion: bool = False
-    device: str = "auto"
-    skip_bad: bool = False
-    # how a candidate's accuracy is measured (1 and 1: one run on the train/val split)
-    cv_folds: int = 1
-    repeats: int = 1
-    patient_regex: str = r"^(.*?_\d+)_"
-    patients: str | None = None
+    trials: int = setting(12, "total trials of the study, over all workers")
+    objective: str = setting("pareto", "pareto (accuracy, params, MACs) or netscore", choices=OBJECTIVES)
+    sampler: str | None = setting(
+        None, "the sampler: nsga2, tpe, random or gp (default tpe)", choices=SAMPLERS
+    )
+    max_params: int | None = setting(None, "hard budget on params (e.g. 450K, 1.2M)", parse=parse_count)
+    max_macs: int | None = setting(
+        None, "hard budget on MACs at --complexity-size (e.g. 0.97G)", parse=parse_count
+    )
+    complexity_size: int = setting(512, "input size at which params/MACs/NetScore are measured (the paper's)")
+    population: int = setting(8, "NSGA-II population size")
+    startup_trials: int = setting(4, "random trials before TPE/GP/median pruning kick in")
+    prune_warmup: int = setting(1, "epochs before a trial may be stopped early")
+    prune_margin: float = setting(
+        5.0, "Pareto stopping rule: points a dominating finished trial must lead by"
+    )
+    skip_bad: bool = setting(False, "skip (and list) bad label lines instead of stopping")
     # distributed workers
-    heartbeat: int = 30
-    max_retry: int = 2
-    max_failures: int = 3
+    heartbeat: int = setting(30, "seconds between heartbeats of a running trial (a silent one is retried)")
+    max_retry: int = setting(2, "retries of a trial whose worker died")
+    max_failures: int = setting(3, "stop this worker after this many failed trials in a row")
+    # how each candidate is trained, and how its accuracy is measured
+    train: TrainConfig = field(default_factory=_run_training)
+    cv: CVConfig = field(default_factory=CVConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.data, (list, str)):
             object.__setattr__(self, "data", tuple([self.data] if isinstance(self.data, str) else self.data))
-        _positive("trials", self.trials)
-        _positive("epochs", self.epochs)
-        _positive("batch_size", self.batch_size)
-        _positive("population", self.population, low=2)
-        _positive("startup_trials", self.startup_trials, low=0)
-        _positive("prune_warmup", self.prune_warmup)
-        _positive("heartbeat", self.heartbeat)
-        _positive("max_retry", self.max_retry, low=0)
-        _positive("max_failures", self.max_failures)
-        _positive("cv_folds", self.cv_folds)
-        _positive("repeats", self.repeats)
-        for name in ("image_size", "complexity_size"):
-            v = getattr(self, name)
-            _positive(name, v, low=32)
-            if v % 32:
-                raise UsageError(f"{name} must be a multiple of 32, got {v}")
+        for name, low in (("trials", 1), ("population", 2), ("startup_trials", 0), ("prune_warmup", 1)):
+            check_int(name, getattr(self, name), low)
+        for name, low in (("heartbeat", 1), ("max_retry", 0), ("max_failures", 1)):
+            check_int(name, getattr(self, name), low)
+        check_int("complexity_size", self.complexity_size, 32)
+        if self.complexity_size % 32:
+            raise ConfigError(f"complexity_size must be a multiple of 32, got {self.complexity_size}")
         if self.objective not in OBJECTIVES:
-            raise UsageError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+            raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.sampler is not None and self.sampler not in SAMPLERS:
-            raise UsageError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
-        for name in ("max_params", "max_macs", "patience"):
+            raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        for name in ("max_params", "max_macs"):
             v = getattr(self, name)
             if v is not None:
-                _positive(name, v)
-        if not self.lr > 0:
-            raise UsageError(f"lr must be positive, got {self.lr}")
-        if self.prune_margin < 0:
-            raise UsageError(f"prune_margin must be at least 0, got {self.prune_margin}")
+                check_int(name, v)
+        if not self.prune_margin >= 0:
+            raise ConfigError(f"prune_margin must be at least 0, got {self.prune_margin}")
         if not self.study:
-            raise UsageError("study must be a non-empty name")
+            raise ConfigError("study must be a non-empty name")
+
+    # ------------------------------------------------------------------ flat settings
+    @classmethod
+    def make(cls, **settings: Any) -> RunConfig:
+        """A configuration from flat settings (``epochs=1, cv_folds=3, out=...``): training and
+        measuring keys go to ``train`` and ``cv`` (``search run``'s training defaults first)."""
+        own, train, cv = {}, dict(RUN_TRAINING_DEFAULTS), {}
+        for key, value in settings.items():
+            s = SETTINGS.get(key)
+            if s is None:
+                raise ConfigError(_unknown(key))
+            target = own if s.owner is cls else train if s.owner is TrainConfig else cv
+            target[s.name] = value
+        return cls(**own, train=TrainConfig(**train), cv=CVConfig(**cv))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat settings (what ``config.yaml`` and the study's ``run_config`` hold)."""
+        out: dict[str, Any] = {}
+        for key, s in SETTINGS.items():
+            value = getattr(self._part(s), s.name)
+            out[key] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def get(self, key: str) -> Any:
+        """The value of the flat setting ``key``."""
+        s = SETTINGS[key]
+        return getattr(self._part(s), s.name)
+
+    def replace(self, **settings: Any) -> RunConfig:
+        """A copy with some flat settings changed."""
+        return RunConfig.make(**{**self.to_dict(), **settings})
+
+    def _part(self, s: Setting) -> Any:
+        return self if s.owner is RunConfig else self.train if s.owner is TrainConfig else self.cv
+
+    def training_dict(self) -> dict[str, Any]:
+        """The settings that decide how one candidate is trained and measured (not where it runs)."""
+        return {key: self.get(key) for key, s in SETTINGS.items() if s.owner is not RunConfig and s.outcome}
 
     # ------------------------------------------------------------------ derived locations
     @property
@@ -121,79 +163,39 @@ class RunConfig:
 
     @property
     def sampler_name(self) -> str:
-        if self.sampler:
-            return self.sampler
-        return "tpe"
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["data"] = list(self.data)
-        return d
-
-    def training_dict(self) -> dict[str, Any]:
-        """The part of the configuration that decides how one candidate is trained."""
-        return {k: getattr(self, k) for k in TRAINING_KEYS}
+        return self.sampler or "tpe"
 
 
-TRAINING_KEYS = (
-    "epochs",
-    "image_size",
-    "batch_size",
-    "lr",
-    "momentum",
-    "weight_decay",
-    "patience",
-    "cosine",
-    "augment",
-    "exterior_exclusion",
-    "seed",
-    "cv_folds",
-    "repeats",
-    "patient_regex",
-    "patients",
-)
+def _collect() -> dict[str, Setting]:
+    out: dict[str, Setting] = {}
+    for cls in (RunConfig, TrainConfig, CVConfig):
+        for key, s in flagged(cls).items():
+            if key in out:  # pragma: no cover - a programming error in the dataclasses
+                raise AssertionError(f"setting {key!r} is declared twice")
+            out[key] = s
+    return out
 
 
-def _positive(name: str, value: Any, low: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise UsageError(f"{name} must be an integer of at least {low}, got {value!r}")
+# Every flat setting of a run, by key: RunConfig's own, then TrainConfig's, then CVConfig's.
+SETTINGS: dict[str, Setting] = _collect()
+TRAINING_KEYS = tuple(RunConfig().training_dict())
 
 
-FIELD_TYPES = {f.name: f.type for f in fields(RunConfig)}
+def _unknown(key: str, known: list[str] | None = None) -> str:
+    names = sorted(known or SETTINGS)
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(names)}"
+    return f"unknown key {key!r}{hint}"
 
 
-def _coerce(name: str, value: Any, source: str) -> Any:
-    """Check a YAML value against the field's type (YAML already typed it)."""
-    kind = str(FIELD_TYPES[name])
-    if value is None:
-        if "None" in kind:
-            return None
-        raise UsageError(f"{source}: {name} must not be empty")
-    if kind.startswith("tuple"):
-        if isinstance(value, str):
-            return (value,)
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-        raise UsageError(f"{source}: {name} must be a path or a list of paths, got {value!r}")
-    if kind.startswith("bool"):
-        if not isinstance(value, bool):
-            raise UsageError(f"{source}: {name} must be true or false, got {value!r}")
-        return value
-    if kind.startswith("int"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UsageError(f"{source}: {name} must be an integer, got {value!r}")
-        return value
-    if kind.startswith("float"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UsageError(f"{source}: {name} must be a number, got {value!r}")
-        return float(value)
-    if not isinstance(value, str):
-        raise UsageError(f"{source}: {name} must be a string, got {value!r}")
-    return value
+def read_yaml(path: str | Path, settings: dict[str, Setting] | None = None) -> dict[str, Any]:
+    """The settings of a YAML config file (keys as the flag names, with ``_`` or ``-``); unknown
+    keys and wrong types are ``UsageError``s naming the file (and the line, for bad YAML).
 
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """The settings of a YAML config file; unknown keys and wrong types are errors naming the file."""
+    Args:
+        settings: the keys this file may hold (default: a search run's, ``SETTINGS``).
+    """
+    known = SETTINGS if settings is None else settings
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"{p}: no such config file")
@@ -208,9 +210,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in raw.items():
         name = str(key).replace("-", "_")
-        if name not in FIELD_TYPES:
-            raise UsageError(f"{p}: unknown key {key!r}; known keys: {', '.join(sorted(FIELD_TYPES))}")
-        out[name] = _coerce(name, value, str(p))
+        if name not in known:
+            raise UsageError(f"{p}: {_unknown(str(key), list(known))}")
+        try:
+            out[name] = coerce(known[name], value, str(p))
+        except ConfigError as e:
+            raise UsageError(str(e)) from None
     return out
 
 
@@ -219,12 +224,25 @@ def resolve(config_file: str | None, overrides: dict[str, Any]) -> RunConfig:
     settings: dict[str, Any] = {}
     if config_file:
         settings.update(read_yaml(config_file))
-    unknown = set(overrides) - set(FIELD_TYPES)
-    if unknown:  # pragma: no cover - a programming error in a command's flags
-        raise UsageError(f"unknown settings {sorted(unknown)}")
     settings.update(overrides)
-    return RunConfig(**settings)
+    try:
+        return RunConfig.make(**settings)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
 
 
 def write_yaml(config: RunConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+__all__ = [
+    "OBJECTIVES",
+    "RUN_TRAINING_DEFAULTS",
+    "SAMPLERS",
+    "SETTINGS",
+    "TRAINING_KEYS",
+    "RunConfig",
+    "read_yaml",
+    "resolve",
+    "write_yaml",
+]

@@ -15,30 +15,10 @@ from typing import Any
 
 import torch
 
-from evaluators.runs import RunsFailed
+from evaluators.runs import CVConfig, RunsFailed
 from search.driver.config import RunConfig
 from search.driver.study import CandidateOutcome
 from search.errors import RunFailed
-
-
-def train_config_for(config: RunConfig) -> Any:
-    """The ``TrainConfig`` every candidate (and every baseline) of this run is trained with."""
-    from evaluators.training import TrainConfig
-
-    return TrainConfig(
-        epochs=config.epochs,
-        image_size=config.image_size,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        patience=config.patience or 0,
-        cosine=config.cosine,
-        augment=config.augment,
-        exterior_exclusion=config.exterior_exclusion,
-        seed=config.seed,
-        device=config.device,
-    )
 
 
 class TrainingEvaluator:
@@ -61,7 +41,7 @@ class TrainingEvaluator:
 
         self.config = config
         self.dataset = load_dataset(list(config.data) or None, skip_bad=config.skip_bad)
-        self.train_config = train_config_for(config)
+        self.train_config = config.train
         self.cache_dir = cache_dir
         self.on_epoch_progress = on_epoch_progress
         self._tmp = tempfile.TemporaryDirectory(prefix="covidnet-nas-weights-")
@@ -74,18 +54,13 @@ class TrainingEvaluator:
         }
 
     @property
-    def cv(self) -> Any:
-        from evaluators.runs import CVConfig
-
-        c = self.config
-        return CVConfig(
-            folds=c.cv_folds, repeats=c.repeats, patient_regex=c.patient_regex, patients_csv=c.patients
-        )
+    def cv(self) -> CVConfig:
+        return self.config.cv
 
     @property
     def steps(self) -> int:
         """Steps at which ``on_epoch`` is called: epochs of one run, or runs (folds x seeds)."""
-        runs = self.config.cv_folds * self.config.repeats
+        runs = self.config.cv.runs
         return self.train_config.epochs if runs == 1 else runs
 
     def __call__(self, spec: Any, on_epoch: Callable[[int, float], None]) -> CandidateOutcome:

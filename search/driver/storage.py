@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import random
 import threading
@@ -24,6 +25,8 @@ import optuna
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from search.errors import UsageError
+
+logger = logging.getLogger(__name__)
 
 JOURNAL_PREFIX = "journal:"
 
@@ -42,9 +45,18 @@ def sqlite_path(url: str) -> Path | None:
     return None
 
 
-warnings.filterwarnings(
-    "ignore", message=r".*(RetryHeartbeatStaleTrialCallback|heartbeat_interval).*experimental.*"
-)
+@contextlib.contextmanager
+def optuna_quiet() -> Iterator[None]:
+    """Optuna's warnings about the APIs this driver uses on purpose, silenced for one call.
+
+    ``ExperimentalWarning`` for heartbeats, metric names and ``fail_stale_trials`` (stable in
+    practice), and "Heartbeat of storage is supposed to be used with Study.optimize": ask/tell with
+    the driver's own heartbeat thread is deliberate (``search.driver.study._Heartbeat``).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        yield
 
 
 def open_storage(url: str, heartbeat: int | None = None, max_retry: int = 2) -> BaseStorage:
@@ -71,16 +83,16 @@ def open_storage(url: str, heartbeat: int | None = None, max_retry: int = 2) -> 
         db.parent.mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {}
     if heartbeat:
-        kwargs = {
-            "heartbeat_interval": heartbeat,
-            "grace_period": 2 * heartbeat,
-            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
-        }
+        with optuna_quiet():
+            retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        kwargs = {"heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat}
+        kwargs["heartbeat_stale_trial_callback"] = retry
     engine_kwargs = {"connect_args": {"timeout": 60}} if db is not None else {"pool_pre_ping": True}
     attempts = 5
     for attempt in range(attempts):
         try:
-            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            with optuna_quiet():
+                return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
         except ImportError as e:
             raise UsageError(
                 f"the driver for {url.split(':', 1)[0]} is not installed ({e}); "
@@ -93,7 +105,9 @@ def open_storage(url: str, heartbeat: int | None = None, max_retry: int = 2) -> 
             # the loser sees them on the next try. A real connection problem fails every try.
             if attempt == attempts - 1:
                 raise UsageError(f"cannot open storage {redact(url)}: {str(e).splitlines()[0]}") from None
-            time.sleep(0.5 + random.random() * (attempt + 1))
+            delay = 0.5 + random.random() * (attempt + 1)
+            logger.info("opening %s failed (%s); retrying in %.1f s", redact(url), type(e).__name__, delay)
+            time.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
 
 

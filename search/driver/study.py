@@ -8,10 +8,10 @@ heartbeats, is marked failed and its parameters are retried by whichever worker 
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -21,8 +21,10 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from search.driver.config import RunConfig
-from search.driver.storage import open_storage, study_lock
+from search.driver.storage import open_storage, optuna_quiet, study_lock
 from search.errors import RunFailed, UsageError
+
+logger = logging.getLogger(__name__)
 
 OBJECTIVES: dict[str, tuple[list[str], list[str]]] = {
     "pareto": (["val_accuracy", "params", "macs"], ["maximize", "minimize", "minimize"]),
@@ -31,43 +33,29 @@ OBJECTIVES: dict[str, tuple[list[str], list[str]]] = {
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 KIND_SEARCH = "search"
 
-# ask/tell with our own heartbeat thread is deliberate (see _Heartbeat); the experimental APIs used
-# here (metric names, fail_stale_trials) are stable in practice. Neither warning helps a user.
-for _message in (
-    r".*set_metric_names is experimental.*",
-    r".*fail_stale_trials is experimental.*",
-    r"Heartbeat of storage is supposed to be used with Study.optimize",
-):
-    warnings.filterwarnings("ignore", message=_message)
-
-
-def constraints_of(trial: FrozenTrial) -> Sequence[float]:
-    """Optuna's ``constraints_func``: ``(params - max_params, macs - max_macs)``, <= 0 is feasible.
-
-    The objective stores the values as the ``constraints`` user attr before the trial completes.
-    """
-    return tuple(trial.user_attrs.get("constraints", (0.0,)))
-
 
 def make_sampler(config: RunConfig, n_objectives: int) -> optuna.samplers.BaseSampler:
     name = config.sampler_name
-    seed = config.seed
+    seed = config.train.seed
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(
-            population_size=config.population, seed=seed, constraints_func=constraints_of
-        )
+        return optuna.samplers.NSGAIISampler(population_size=config.population, seed=seed)
     if name == "gp":
-        return optuna.samplers.GPSampler(
-            seed=seed, n_startup_trials=config.startup_trials, constraints_func=constraints_of
-        )
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=config.startup_trials)
+    # The space is conditional (a stage's depth decides which block parameters exist), so
+    # multivariate TPE models the parameters every trial has jointly and samples the others with
+    # univariate TPE. Optuna would warn about that for every such parameter of every trial; it is
+    # the intended behaviour here, said once in the log instead.
+    logger.info(
+        "TPE: block parameters that only some depths have are sampled by univariate TPE "
+        "(multivariate over the rest)"
+    )
     return optuna.samplers.TPESampler(
         seed=seed,
         n_startup_trials=config.startup_trials,
         multivariate=True,
         constant_liar=True,
-        constraints_func=constraints_of,
         warn_independent_sampling=False,
     )
 
@@ -108,7 +96,8 @@ def open_study(
         except optuna.exceptions.DuplicatedStudyError:
             pass
         else:
-            study.set_metric_names(names)
+            with optuna_quiet():
+                study.set_metric_names(names)
             study.set_user_attr("objective", config.objective)
             study.set_user_attr("run_config", config.to_dict())
             study.set_user_attr("kind", KIND_SEARCH)
@@ -179,7 +168,7 @@ def pareto_prune(
     accuracy: it is dominated with room to spare, so more epochs (or folds) are unlikely to put it
     on the front.
     """
-    last = config.epochs if last_step is None else last_step
+    last = config.train.epochs if last_step is None else last_step
     if step < config.prune_warmup or step >= last:
         return False
     return any(
@@ -217,8 +206,8 @@ class _Heartbeat:
         while not self._stop.wait(self._interval):
             try:
                 self._storage.record_heartbeat(self._trial_id)  # type: ignore[attr-defined]
-            except Exception:
-                continue
+            except Exception as e:  # the next beat may reach the storage again; say so meanwhile
+                logger.warning("heartbeat of trial id %s failed: %s", self._trial_id, e)
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
@@ -279,12 +268,14 @@ class SearchDriver:
         """Ask for a trial if the budget allows; wait while others' trials may still fail."""
         while True:
             with study_lock(self.storage, self.config.storage_url, self.config.study):
-                optuna.storages.fail_stale_trials(self.study)
+                with optuna_quiet():
+                    optuna.storages.fail_stale_trials(self.study)
                 trials = self.study.get_trials(deepcopy=False)
                 counted = sum(1 for t in trials if t.state in COUNTED)
                 running = sum(1 for t in trials if t.state == TrialState.RUNNING)
                 if counted < self.config.trials:
-                    return self.study.ask()
+                    with optuna_quiet():
+                        return self.study.ask()
             if running == 0:
                 return None
             # The budget is taken, but a running trial of another worker may still fail and be
@@ -316,6 +307,9 @@ class SearchDriver:
             "constraints": constraints,
         }.items():
             trial.set_user_attr(key, value)
+        # Constrained samplers read these (<= 0 is feasible): over-budget trials rank by violation.
+        trial.set_constraint("params", constraints[0])
+        trial.set_constraint("macs", constraints[1])
         if any(c > 0 for c in constraints):
             # Over budget: measured, recorded infeasible, never trained. The objective values of
             # an infeasible trial are placeholders; constrained samplers rank it by violation.
@@ -323,7 +317,7 @@ class SearchDriver:
             return self._values(0.0, prof.params, prof.macs, netscore_value=0.0)
 
         done = scored_trials(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        last_step = int(getattr(self.evaluator, "steps", config.epochs))
+        last_step = int(getattr(self.evaluator, "steps", config.train.epochs))
 
         def on_epoch(epoch: int, val_accuracy: float) -> None:
             if config.objective == "netscore":

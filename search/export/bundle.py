@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +31,7 @@ import torch
 from optuna.trial import FrozenTrial
 
 from evaluators.device import input_channels
+from evaluators.files import write_folder_atomically
 from search.driver.study import complete_candidates, pareto_trials
 from search.errors import UsageError
 from search.export.card import file_facts, library_versions, model_card
@@ -152,31 +150,11 @@ def find_baseline(storage: Any, study_name: str, name: str) -> tuple[optuna.Stud
 
 # ----------------------------------------------------------------------------- writing
 def write_atomically(out: Path, writer: Callable[[Path], T], *, overwrite: bool = False) -> T:
-    """Call ``writer(tmp)`` on a hidden folder beside ``out``, then rename it to ``out``.
-
-    On any error the temporary folder is removed and ``out`` is left as it was.
-    """
+    """``evaluators.files.write_folder_atomically``, refusing an existing ``out`` unless ``overwrite``."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise UsageError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary folder
-        result = writer(tmp)
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.{os.getpid()}.old")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return result
+    return write_folder_atomically(out, writer)
 
 
 def export_trial(

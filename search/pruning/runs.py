@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,6 +28,7 @@ from torch import nn
 
 from search.driver.baselines import config_key
 from search.driver.config import RunConfig
+from search.driver.storage import optuna_quiet
 from search.driver.study import OBJECTIVES, complete_candidates
 from search.errors import RunFailed, UsageError
 
@@ -51,8 +51,7 @@ def open_pruned_study(storage: BaseStorage, study: str, artifacts: str | None = 
         load_if_exists=True,
     )
     if "kind" not in s.user_attrs:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with optuna_quiet():
             s.set_metric_names(names)
         s.set_user_attr("kind", KIND_PRUNED)
         s.set_user_attr("search_study", study)
@@ -238,10 +237,8 @@ class PruneOutcome:
 def _fine_tuner(evaluator: Any, config: RunConfig, epochs: int, rounds: list[Any]) -> Callable[..., Any]:
     """Fine-tuning through ``TrainingEvaluator.train_model`` with the study's training settings and
     ``epochs`` epochs; the network keeps its best weights."""
-    from search.driver.objective import train_config_for
-
     tuner = copy.copy(evaluator)
-    tuner.train_config = train_config_for(replace(config, epochs=epochs))
+    tuner.train_config = replace(config.train, epochs=epochs)
     tuner.on_epoch_progress = evaluator.on_epoch_progress
 
     def finetune(model: nn.Module, step: int) -> Any:
@@ -298,7 +295,7 @@ def run_prune(
     source = load_source(request, config, storage, evaluator)
     before = macs_of(source.model, size)
     target = target_from(before, request.target_macs, request.target_ratio)
-    epochs = request.finetune_epochs or config.epochs
+    epochs = request.finetune_epochs or config.train.epochs
     study = open_pruned_study(storage, config.study, config.artifacts_dir)
     trial = study.ask()
     start = time.time()

@@ -135,7 +135,7 @@ def test_usage_errors_exit_2_in_one_line(
 
 def test_prepared_folder_loads_as_a_covidx_dataset(inputs: tuple[Path, Path], tmp_path: Path) -> None:
     data = pytest.importorskip(
-        "evaluators.data.covidx", reason="the COVIDx CT loader (evaluators/data.py) is absent"
+        "evaluators.data.covidx", reason="the COVIDx CT loader (evaluators/data/covidx.py) is absent"
     )
     out = tmp_path / "out"
     assert main(["--quiet", *_argv(inputs, out)]) == 0

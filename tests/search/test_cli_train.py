@@ -123,7 +123,10 @@ def bad_data(tmp_path: Path) -> Path:
         (["train", "--arch", "ct-m"], "unknown reference spec 'ct-m'"),
         (["train", "--arch", "ct-s", "--data", "{tmp}/nowhere"], "nowhere: no such data folder"),
         (["train", "--arch", "ct-s", "--data", "{bad}"], "train.txt line 7: class must be 0, 1 or 2, got 5"),
-        (["train", "--arch", "ct-s", "--config", "{tmp}/c.yaml"], "c.yaml: unknown training setting 'epoch'"),
+        (
+            ["train", "--arch", "ct-s", "--config", "{tmp}/c.yaml"],
+            "c.yaml: unknown key 'epoch'; did you mean 'epochs'?",
+        ),
         (["evaluate", "--arch", "ct-s", "--weights", "{tmp}/w.pt"], "w.pt: no such weights file"),
         (
             ["evaluate", "--arch", "ct-s", "--weights", "{tmp}/junk.pt"],

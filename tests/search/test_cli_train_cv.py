@@ -144,8 +144,8 @@ def test_images_without_a_patient_id_are_a_warning(
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
-        (["--cv-folds", "0"], "--cv-folds must be at least 1, got 0"),
-        (["--repeats", "-1"], "--repeats must be at least 1, got -1"),
+        (["--cv-folds", "0"], "--cv-folds must be an integer of at least 1, got 0"),
+        (["--repeats", "-1"], "--repeats must be an integer of at least 1, got -1"),
         (["--cv-folds", "2", "--patients", "{tmp}/nowhere.csv"], "nowhere.csv: no such patients file"),
         (["--cv-folds", "500"], "--cv-folds 500 needs at least 500 patients in train+val, found"),
         (["--cv-folds", "2", "--patient-regex", "(("], "--patient-regex is not a valid regular expression"),

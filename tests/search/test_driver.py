@@ -48,7 +48,7 @@ def _config(tmp_path: Any, **kw: Any) -> RunConfig:
         "heartbeat": 5,
     }
     base.update(kw)
-    return RunConfig(**base)
+    return RunConfig.make(**base)
 
 
 def test_tpe_finds_the_known_optimum_of_a_toy_objective(tmp_path: Any) -> None:
@@ -105,7 +105,7 @@ def test_pareto_front_matches_brute_force() -> None:
 
 
 def test_pareto_prune_rule() -> None:
-    cfg = RunConfig(epochs=4, prune_warmup=1, prune_margin=5.0)
+    cfg = RunConfig.make(epochs=4, prune_warmup=1, prune_margin=5.0)
     done = scored_trials([])
     assert not pareto_prune(1, 50.0, 100, 100, done, cfg)
 

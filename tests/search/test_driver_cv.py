@@ -55,7 +55,7 @@ def _config(tmp_path: Path, **kw: Any) -> RunConfig:
         "cv_folds": 3,
     }
     base.update(kw)
-    return RunConfig(**base)
+    return RunConfig.make(**base)
 
 
 def test_a_candidate_whose_first_fold_is_far_below_the_front_stops_after_it(tmp_path: Path) -> None:
@@ -114,7 +114,6 @@ def test_search_run_with_one_fold_and_one_seed_stores_the_plain_evaluation(
     from evaluators.training import train
     from search.cli import main
     from search.driver.artifacts import load_weights
-    from search.driver.objective import train_config_for
     from space import build
 
     monkeypatch.setenv("COVIDNET_NAS_CACHE", str(tmp_path / "cache"))
@@ -137,7 +136,7 @@ def test_search_run_with_one_fold_and_one_seed_stores_the_plain_evaluation(
     a = trial.user_attrs
     assert a["origin"] == "prototype:ct-l" and a["status"] == "complete"
 
-    cfg = train_config_for(RunConfig(epochs=1, image_size=32, complexity_size=64))
+    cfg = RunConfig.make(epochs=1, image_size=32, complexity_size=64).train
     torch.manual_seed(cfg.seed)
     plain = train(build(get_reference("ct-l"), 3), load_dataset(), cfg, progress=False)
     assert plain.val is not None and plain.test is not None

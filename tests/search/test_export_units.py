@@ -159,7 +159,7 @@ def test_export_a_trained_baseline(tmp_path: Path, capsys: pytest.CaptureFixture
     from search.driver.config import RunConfig
     from search.driver.storage import artifact_store, open_storage
 
-    config = RunConfig(out=str(tmp_path / "run"), study="t", image_size=32)
+    config = RunConfig.make(out=str(tmp_path / "run"), study="t", image_size=32)
     storage = open_storage(config.storage_url)
     search_study = optuna.create_study(storage=storage, study_name="t", directions=["maximize"])
     search_study.set_user_attr("run_config", config.to_dict())

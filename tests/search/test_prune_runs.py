@@ -62,7 +62,7 @@ def _pruned(out: Path) -> tuple[optuna.Study, Any]:
 
 def _store_trial(out: Path, study_name: str, model: torch.nn.Module, attrs: dict[str, Any]) -> None:
     """A trained-looking trial as `search run` / `search baselines` store it (weights included)."""
-    config = RunConfig(out=str(out), study="s", image_size=SIZE, complexity_size=64, epochs=1)
+    config = RunConfig.make(out=str(out), study="s", image_size=SIZE, complexity_size=64, epochs=1)
     study = optuna.create_study(
         storage=open_storage(config.storage_url),
         study_name=study_name,

@@ -118,7 +118,7 @@ def test_load_spec_names_the_file(tmp_path) -> None:  # type: ignore[no-untyped-
     good = tmp_path / "good.json"
     good.write_text(get_reference("ct-s").to_json())
     assert load_spec(str(good)) == get_reference("ct-s")
-    with pytest.raises(FileNotFoundError, match="missing.json"):
+    with pytest.raises(SpecError, match="missing.json: no such spec file"):
         load_spec(str(tmp_path / "missing.json"))
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(SpecError, match="broken.json: not valid JSON"):

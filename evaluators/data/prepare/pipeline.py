@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -44,6 +42,7 @@ from evaluators.data.prepare.labels import (
 )
 from evaluators.data.prepare.scans import BadItem, BadScanError, PrepareError, find_scans
 from evaluators.data.prepare.slices import BODY_THRESHOLD, find_body, resize_hu, window_to_uint8
+from evaluators.files import write_folder_atomically
 
 SUMMARY_NAME = "summary.json"
 IMAGES_DIR = "images"
@@ -207,15 +206,9 @@ def prepare_dataset(config: PrepareConfig, progress: Progress | None = None) -> 
     if bad and not config.skip_bad:
         raise PrepareError(_bad_message(bad))
     prefixes = _prefixes(sorted({ls.patient for ls in labeled}))
-    config.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{config.out.name}.partial-", dir=config.out.parent))
-    try:
-        summary = _write(config, tmp, labeled, chosen, prefixes, bad, ignored, progress)
-        _publish(tmp, config.out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return summary
+    return write_folder_atomically(
+        config.out, lambda tmp: _write(config, tmp, labeled, chosen, prefixes, bad, ignored, progress)
+    )
 
 
 def _write(
@@ -385,19 +378,3 @@ def _check_out(config: PrepareConfig) -> None:
             f"--out {config.out} holds files that {_TOOL} did not write (no {SUMMARY_NAME}); "
             "--overwrite replaces only a folder it made: choose another --out"
         )
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` to ``out``; an old ``out`` is removed only once ``tmp`` is there."""
-    if not out.exists():
-        tmp.rename(out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    old.rmdir()
-    out.rename(old)
-    try:
-        tmp.rename(out)
-    except BaseException:
-        old.rename(out)
-        raise
-    shutil.rmtree(old)

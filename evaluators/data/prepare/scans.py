@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from evaluators.extras import require as _require
+from space.errors import UserInputError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # Sidecar files that scan folders often hold (reports, tables, previews): not slices, not read.
@@ -41,7 +42,7 @@ def require(module: str, extra: str = "prepare") -> ModuleType:
     return _require(module, extra)
 
 
-class PrepareError(ValueError):
+class PrepareError(UserInputError, ValueError):
     """Bad input to ``search data prepare``; the message names the file, line, patient or column."""
 
 
