@@ -135,20 +135,83 @@ def evaluate_runs(
         progress: progress bars of the underlying training.
     """
     cv = cv or CVConfig()
-    runs: list[dict[str, Any]] = []
-    results: list[TrainResult] = []
-    y_true: list[torch.Tensor] = []
-    y_pred: list[torch.Tensor] = []
-    sources: list[str] = []
-    grouping = None
-    fold_sizes: list[int] = []
+    runs = _Runs(cv, on_run)
+    if cv.folds == 1:
+        for r in range(cv.repeats):
+            cfg = dataclasses.replace(
+                config, seed=config.seed + r, evaluate_test=config.evaluate_test and r == 0
+            )
+            res = train(
+                make_model(cfg.seed), dataset, cfg, on_epoch=on_epoch, cache_dir=cache_dir, progress=progress
+            )
+            val_arr = load_arrays(dataset, "val", cfg.image_size, 3, cache_dir) if res.ok else None
+            runs.record(res, 0, r, val_arr)
+        return runs.result(config.seed, None, [])
+    grouping, pool, folds = _patient_folds(dataset, config, cv, cache_dir)
+    everything = torch.arange(len(pool))
+    for r in range(cv.repeats):
+        for k, held_out in enumerate(folds):
+            mask = torch.ones(len(pool), dtype=torch.bool)
+            mask[torch.as_tensor(held_out)] = False
+            cfg = dataclasses.replace(config, seed=config.seed + r, evaluate_test=False)
+            val_arr = pool.subset(torch.as_tensor(held_out), split=f"fold{k + 1}")
+            train_arr = pool.subset(everything[mask], split="train")
+            res = fit(make_model(cfg.seed), train_arr, val_arr, cfg, progress=progress)
+            runs.record(res, k + 1, r, val_arr)
+    return runs.result(config.seed, grouping, [len(f) for f in folds])
 
-    def record(res: TrainResult, fold: int, repeat: int, val_arr: SplitArrays | None) -> None:
+
+def _patient_folds(
+    dataset: CTDataset, config: TrainConfig, cv: CVConfig, cache_dir: str | Path | None
+) -> tuple[Grouping, SplitArrays, list[Any]]:
+    """The patients of train+val, their pooled decoded arrays and ``cv.folds`` patient-disjoint
+    folds of the pool (indices)."""
+    samples = list(dataset.split("train")) + list(dataset.split("val"))
+    patients = None
+    if cv.patients_csv:
+        from evaluators.data.patients import read_patients_csv
+
+        patients = read_patients_csv(cv.patients_csv)
+    grouping = group_samples(
+        samples,
+        patient_regex=cv.patient_regex,
+        patients=patients,
+        dirs=dict(zip(dataset.sources, dataset.dirs)),
+    )
+    channels = config.channels or 3
+    pool = concat_arrays(
+        [
+            load_arrays(dataset, "train", config.image_size, channels, cache_dir),
+            load_arrays(dataset, "val", config.image_size, channels, cache_dir),
+        ]
+    )
+    # load_arrays orders samples by source; match the grouping to that order
+    order = {(s.source, s.filename): i for i, s in enumerate(samples)}
+    pool_groups = [grouping.patients[order[(src, fn)]] for src, fn in zip(pool.sources, pool.filenames)]
+    return grouping, pool, make_folds(pool.labels.tolist(), pool_groups, cv.folds, seed=cv.fold_seed)
+
+
+class _Runs:
+    """The runs of one evaluation as they finish: their records, results and validation predictions."""
+
+    def __init__(self, cv: CVConfig, on_run: RunCallback | None) -> None:
+        self.cv, self.on_run = cv, on_run
+        self.runs: list[dict[str, Any]] = []
+        self.results: list[TrainResult] = []
+        self.y_true: list[torch.Tensor] = []
+        self.y_pred: list[torch.Tensor] = []
+        self.sources: list[str] = []
+
+    def record(self, res: TrainResult, fold: int, repeat: int, val_arr: SplitArrays | None) -> None:
         if not res.ok or res.val is None:
-            where = f"run {len(runs) + 1} (fold {fold}, seed {res.config.seed})" if cv.runs > 1 else "run"
+            where = (
+                f"run {len(self.runs) + 1} (fold {fold}, seed {res.config.seed})"
+                if self.cv.runs > 1
+                else "run"
+            )
             raise RunsFailed(f"{where} {res.status}: {res.reason}")
-        results.append(res)
-        runs.append(
+        self.results.append(res)
+        self.runs.append(
             {
                 "fold": fold,
                 "repeat": repeat,
@@ -160,77 +223,31 @@ def evaluate_runs(
             }
         )
         if res.val_predictions is not None and val_arr is not None:
-            y_true.append(val_arr.labels)
-            y_pred.append(res.val_predictions)
-            sources.extend(val_arr.sources)
-        if on_run is not None:
-            on_run(len(runs), res.val.accuracy)
+            self.y_true.append(val_arr.labels)
+            self.y_pred.append(res.val_predictions)
+            self.sources.extend(val_arr.sources)
+        if self.on_run is not None:
+            self.on_run(len(self.runs), res.val.accuracy)
 
-    if cv.folds == 1:
-        for r in range(cv.repeats):
-            cfg = dataclasses.replace(
-                config, seed=config.seed + r, evaluate_test=config.evaluate_test and r == 0
+    def result(self, seed: int, grouping: Grouping | None, fold_sizes: list[int]) -> RunsResult:
+        first = self.results[0]
+        if self.y_true:
+            val = compute_metrics(
+                torch.cat(self.y_true), torch.cat(self.y_pred), len(CLASS_NAMES), tuple(self.sources), seed
             )
-            res = train(
-                make_model(cfg.seed), dataset, cfg, on_epoch=on_epoch, cache_dir=cache_dir, progress=progress
-            )
-            val_arr = load_arrays(dataset, "val", cfg.image_size, 3, cache_dir) if res.ok else None
-            record(res, 0, r, val_arr)
-    else:
-        samples = list(dataset.split("train")) + list(dataset.split("val"))
-        patients = None
-        if cv.patients_csv:
-            from evaluators.data.patients import read_patients_csv
-
-            patients = read_patients_csv(cv.patients_csv)
-        grouping = group_samples(
-            samples,
-            patient_regex=cv.patient_regex,
-            patients=patients,
-            dirs=dict(zip(dataset.sources, dataset.dirs)),
+        else:  # pragma: no cover - every successful run validates
+            val = first.val  # type: ignore[assignment]
+        single_ci = first.val.accuracy_ci if len(self.runs) == 1 and first.val is not None else None
+        accuracy = Uncertain.of([r["val_accuracy"] for r in self.runs], single_run_ci=single_ci)
+        return RunsResult(
+            accuracy=accuracy,
+            val=val,
+            test=first.test,
+            first=first,
+            runs=self.runs,
+            grouping=grouping,
+            fold_sizes=fold_sizes,
         )
-        channels = config.channels or 3
-        pool = concat_arrays(
-            [
-                load_arrays(dataset, "train", config.image_size, channels, cache_dir),
-                load_arrays(dataset, "val", config.image_size, channels, cache_dir),
-            ]
-        )
-        # load_arrays orders samples by source; match the grouping to that order
-        order = {(s.source, s.filename): i for i, s in enumerate(samples)}
-        pool_groups = [grouping.patients[order[(src, fn)]] for src, fn in zip(pool.sources, pool.filenames)]
-        folds = make_folds(pool.labels.tolist(), pool_groups, cv.folds, seed=cv.fold_seed)
-        fold_sizes = [len(f) for f in folds]
-        everything = torch.arange(len(pool))
-        for r in range(cv.repeats):
-            for k, held_out in enumerate(folds):
-                mask = torch.ones(len(pool), dtype=torch.bool)
-                mask[torch.as_tensor(held_out)] = False
-                cfg = dataclasses.replace(config, seed=config.seed + r, evaluate_test=False)
-                model = make_model(cfg.seed)
-                val_arr = pool.subset(torch.as_tensor(held_out), split=f"fold{k + 1}")
-                res = fit(
-                    model, pool.subset(everything[mask], split="train"), val_arr, cfg, progress=progress
-                )
-                record(res, k + 1, r, val_arr)
-    first = results[0]
-    if y_true:
-        val = compute_metrics(
-            torch.cat(y_true), torch.cat(y_pred), len(CLASS_NAMES), tuple(sources), config.seed
-        )
-    else:  # pragma: no cover - every successful run validates
-        val = first.val  # type: ignore[assignment]
-    single_ci = first.val.accuracy_ci if len(runs) == 1 and first.val is not None else None
-    accuracy = Uncertain.of([r["val_accuracy"] for r in runs], single_run_ci=single_ci)
-    return RunsResult(
-        accuracy=accuracy,
-        val=val,
-        test=first.test,
-        first=first,
-        runs=runs,
-        grouping=grouping,
-        fold_sizes=fold_sizes,
-    )
 
 
 __all__ = ["CVConfig", "RunsFailed", "RunsResult", "evaluate_runs"]

@@ -325,119 +325,175 @@ def fit(
     """
     cfg = config or TrainConfig()
     started = time.perf_counter() if started is None else started
-    dev = resolve_device(cfg.device)
-    channels = cfg.channels or input_channels(model)
-    seed_everything(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    model.to(dev)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the model has no trainable parameters")
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs) if cfg.cosine else None
-    check_every = 1 if dev.type == "cpu" else 20  # .item() syncs a GPU: look at the loss less often
-    acc_dtype = torch.float32 if dev.type == "mps" else torch.float64  # MPS has no float64
-
-    history: list[dict[str, Any]] = []
-    best_acc, best_epoch, stale = -1.0, 0, 0
-    best_state: dict[str, torch.Tensor] = {}
-    best_pred: torch.Tensor | None = None
+    run = _Run(model, train_arr, cfg)
+    best = _Best()
     status, reason = "complete", ""
     with _Progress(progress, cfg.epochs) as bar:
         for epoch in range(1, cfg.epochs + 1):
             t0, c0 = time.perf_counter(), time.process_time()
-            model.train()
-            batches = epoch_batches(train_arr.labels, cfg.batch_size, cfg.balanced, gen)
-            bar.start_epoch(epoch, len(batches))
-            lr = float(opt.param_groups[0]["lr"])
-            loss_sum = torch.zeros((), dtype=acc_dtype, device=dev)
-            correct = torch.zeros((), dtype=torch.long, device=dev)
-            seen = 0
-            for step, idx in enumerate(batches, start=1):
-                x = make_batch(
-                    train_arr,
-                    idx,
-                    channels=channels,
-                    device=dev,
-                    augment=cfg.augment,
-                    exterior_exclusion=cfg.exterior_exclusion,
-                    generator=gen,
-                )
-                y = train_arr.labels[idx].to(dev, non_blocking=True)
-                logits = model(x)
-                if step == 1 and epoch == 1 and (logits.ndim != 2 or logits.shape[1] != len(CLASS_NAMES)):
-                    raise ValueError(
-                        f"the model must output {len(CLASS_NAMES)} class scores per image, "
-                        f"got shape {tuple(logits.shape)}"
-                    )
-                loss = F.cross_entropy(logits, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += loss.detach() * idx.numel()
-                correct += (logits.detach().argmax(1) == y).sum()
-                seen += idx.numel()
-                if step % check_every == 0 or step == len(batches):
-                    running = float(loss_sum) / seen
-                    if not math.isfinite(running):
-                        status = "failed"
-                        reason = (
-                            f"the training loss became {running} at epoch {epoch}, step {step} "
-                            f"(lr {lr:g}); training stopped"
-                        )
-                        break
-                    bar.step(step, running)
-            if status == "failed":
+            stats = run.train_epoch(epoch, bar)
+            if stats.failure:
+                status, reason = "failed", stats.failure
                 break
-            pred = predict(model, val_arr.images, channels, cfg.eval_batch_size, dev)
+            pred = predict(model, val_arr.images, run.channels, cfg.eval_batch_size, run.device)
             val_acc = 100.0 * float((pred == val_arr.labels).double().mean())
-            if sched is not None:
-                sched.step()
+            run.end_epoch()
             row = {
                 "epoch": epoch,
-                "train_loss": float(loss_sum) / seen,
-                "train_accuracy": 100.0 * int(correct) / seen,
+                "train_loss": stats.loss,
+                "train_accuracy": stats.accuracy,
                 "val_accuracy": val_acc,
-                "lr": lr,
+                "lr": stats.lr,
                 "seconds": time.perf_counter() - t0,
                 "cpu_seconds": time.process_time() - c0,
             }
-            history.append(row)
-            if val_acc > best_acc:
-                best_acc, best_epoch, stale, best_pred = val_acc, epoch, 0, pred
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            else:
-                stale += 1
+            run.history.append(row)
+            best.update(epoch, val_acc, pred, model)
             bar.end_epoch(row)
             if on_epoch is not None:
                 on_epoch(epoch, val_acc, dict(row))
-            if cfg.patience and stale >= cfg.patience and epoch < cfg.epochs:
+            if cfg.patience and best.stale >= cfg.patience and epoch < cfg.epochs:
                 reason = (
                     f"early stop after epoch {epoch}: no better validation accuracy for "
-                    f"{cfg.patience} epochs (best {best_acc:.2f} % at epoch {best_epoch})"
+                    f"{cfg.patience} epochs (best {best.accuracy:.2f} % at epoch {best.epoch})"
                 )
                 break
+    return _result(run, best, val_arr, test, status, reason, started)
 
-    if best_state:
-        model.load_state_dict(best_state)
+
+@dataclass
+class _EpochStats:
+    loss: float = math.nan
+    accuracy: float = math.nan
+    lr: float = math.nan
+    failure: str = ""  # why training stopped (a NaN or infinite loss), "" if it did not
+
+
+class _Run:
+    """One training run's state: device, optimizer, schedule, generator and history."""
+
+    def __init__(self, model: nn.Module, train_arr: SplitArrays, cfg: TrainConfig) -> None:
+        self.model, self.train_arr, self.cfg = model, train_arr, cfg
+        self.device = resolve_device(cfg.device)
+        self.channels = cfg.channels or input_channels(model)
+        seed_everything(cfg.seed)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        model.to(self.device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no trainable parameters")
+        self.opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        self.sched = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=cfg.epochs) if cfg.cosine else None
+        )
+        self.history: list[dict[str, Any]] = []
+        # .item() syncs a GPU: look at the loss less often there
+        self.check_every = 1 if self.device.type == "cpu" else 20
+        self.acc_dtype = torch.float32 if self.device.type == "mps" else torch.float64  # MPS: no float64
+
+    def train_epoch(self, epoch: int, bar: _Progress) -> _EpochStats:
+        """One pass over class-balanced batches of the training split."""
+        cfg, model, arr, dev = self.cfg, self.model, self.train_arr, self.device
+        model.train()
+        batches = epoch_batches(arr.labels, cfg.batch_size, cfg.balanced, self.generator)
+        bar.start_epoch(epoch, len(batches))
+        lr = float(self.opt.param_groups[0]["lr"])
+        loss_sum = torch.zeros((), dtype=self.acc_dtype, device=dev)
+        correct = torch.zeros((), dtype=torch.long, device=dev)
+        seen = 0
+        for step, idx in enumerate(batches, start=1):
+            x = make_batch(
+                arr,
+                idx,
+                channels=self.channels,
+                device=dev,
+                augment=cfg.augment,
+                exterior_exclusion=cfg.exterior_exclusion,
+                generator=self.generator,
+            )
+            y = arr.labels[idx].to(dev, non_blocking=True)
+            logits = model(x)
+            if step == 1 and epoch == 1:
+                _check_outputs(logits)
+            loss = F.cross_entropy(logits, y)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            loss_sum += loss.detach() * idx.numel()
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += idx.numel()
+            if step % self.check_every == 0 or step == len(batches):
+                running = float(loss_sum) / seen
+                if not math.isfinite(running):
+                    return _EpochStats(
+                        failure=f"the training loss became {running} at epoch {epoch}, step {step} "
+                        f"(lr {lr:g}); training stopped"
+                    )
+                bar.step(step, running)
+        return _EpochStats(float(loss_sum) / seen, 100.0 * int(correct) / seen, lr)
+
+    def end_epoch(self) -> None:
+        if self.sched is not None:
+            self.sched.step()
+
+
+def _check_outputs(logits: torch.Tensor) -> None:
+    if logits.ndim != 2 or logits.shape[1] != len(CLASS_NAMES):
+        raise ValueError(
+            f"the model must output {len(CLASS_NAMES)} class scores per image, "
+            f"got shape {tuple(logits.shape)}"
+        )
+
+
+@dataclass
+class _Best:
+    """The best validation epoch so far: its accuracy, predictions and weights (CPU copies)."""
+
+    accuracy: float = -1.0
+    epoch: int = 0
+    stale: int = 0
+    predictions: torch.Tensor | None = None
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def update(self, epoch: int, accuracy: float, predictions: torch.Tensor, model: nn.Module) -> None:
+        if accuracy > self.accuracy:
+            self.accuracy, self.epoch, self.stale, self.predictions = accuracy, epoch, 0, predictions
+            self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        else:
+            self.stale += 1
+
+
+def _result(
+    run: _Run,
+    best: _Best,
+    val_arr: SplitArrays,
+    test: SplitArrays | Callable[[], SplitArrays] | None,
+    status: str,
+    reason: str,
+    started: float,
+) -> TrainResult:
+    """The model holding the best weights, and the metrics of those weights on val (and test)."""
+    cfg, model = run.cfg, run.model
+    if best.state:
+        model.load_state_dict(best.state)
     val = None
-    if best_pred is not None:
-        val = compute_metrics(val_arr.labels, best_pred, len(CLASS_NAMES), val_arr.sources, cfg.seed)
+    if best.predictions is not None:
+        val = compute_metrics(val_arr.labels, best.predictions, len(CLASS_NAMES), val_arr.sources, cfg.seed)
     test_result = None
     if status == "complete" and cfg.evaluate_test and test is not None:
         test_arr = test() if callable(test) else test
-        pred = predict(model, test_arr.images, channels, cfg.eval_batch_size, dev)
+        pred = predict(model, test_arr.images, run.channels, cfg.eval_batch_size, run.device)
         test_result = compute_metrics(test_arr.labels, pred, len(CLASS_NAMES), test_arr.sources, cfg.seed)
     return TrainResult(
         status=status,
         reason=reason,
-        best_epoch=best_epoch,
-        epochs_run=len(history),
-        history=history,
+        best_epoch=best.epoch,
+        epochs_run=len(run.history),
+        history=run.history,
         val=val,
         test=test_result,
-        state_dict=best_state,
+        state_dict=best.state,
         wall_time_s=time.perf_counter() - started,
         config=cfg,
-        val_predictions=best_pred.cpu() if best_pred is not None else None,
+        val_predictions=best.predictions.cpu() if best.predictions is not None else None,
     )

@@ -133,7 +133,7 @@ def build_report(
     source: str = "",
     explain: Callable[[pd.DataFrame, Path], Sequence[ExplainEntry]] | None = None,
 ) -> Report:
-    """Write the report of ``study`` into ``out_dir``.
+    """Write the report of ``study`` into ``out_dir``: collect, compute, then write.
 
     Args:
         storage: an Optuna storage or its URL.
@@ -141,7 +141,7 @@ def build_report(
         out_dir: the report folder (created).
         split: whose per-class metrics Tables 4-5 show: ``"test"`` or ``"val"``.
         source: where the study came from, for the page (e.g. the redacted storage URL).
-        explain: the explainability audit (``search.explain.report_explainer``): called with the
+        explain: the explainability audit (``search.audit.report_explainer``): called with the
             table rows and the report folder, it draws grids there and returns one entry per
             audited model (best NetScore, CT L), shown as one more table. ``None``: no audit.
 
@@ -151,26 +151,44 @@ def build_report(
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    collection = collect(storage, study)
-    if not len(collection.candidates):
-        counts = {k: v for k, v in collection.counts().items() if v}
-        seen = ", ".join(f"{v} {k}" for k, v in counts.items()) or "no trials"
-        raise NoCompletedTrials(f"study {study!r} has no completed trial yet ({seen}); nothing to report")
+    collection = _collect_trained(storage, study)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = Report(out)
     front = pareto_rows(collection)
     prog = progress(collection)
     report.pareto_numbers = [int(n) for n in front["number"]]
-    summary = summarise(collection, front, prog)
-    report.summary = summary
-
-    # pictures
+    report.summary = summarise(collection, front, prog)
     report.files += pareto_plot(collection, front, "macs", out, "pareto_macs")
     report.files += pareto_plot(collection, front, "params", out, "pareto_params")
     report.files += progress_plot(prog, out)
+    report.tables = _tables(collection, front, split, out, explain, report)
+    for t in report.tables:
+        report.files += t.write(out)
+    report.files += _write_data(collection, report, prog, split, source)
+    report.files += _write_pages(collection, report, front, prog, study)
+    return report
 
-    # tables
+
+def _collect_trained(storage: str | BaseStorage, study: str) -> Collection:
+    collection = collect(storage, study)
+    if not len(collection.candidates):
+        counts = {k: v for k, v in collection.counts().items() if v}
+        seen = ", ".join(f"{v} {k}" for k, v in counts.items()) or "no trials"
+        raise NoCompletedTrials(f"study {study!r} has no completed trial yet ({seen}); nothing to report")
+    return collection
+
+
+def _tables(
+    collection: Collection,
+    front: pd.DataFrame,
+    split: str,
+    out: Path,
+    explain: Callable[[pd.DataFrame, Path], Sequence[ExplainEntry]] | None,
+    report: Report,
+) -> list[Table]:
+    """Table 3 (complexity and accuracy), Tables 4-5 (per class), the trade-off table, and the
+    audit's table when ``explain`` is given (its grids are added to ``report.files``)."""
     rows = table_rows(collection, front)
     sizes = rows["complexity_size"].dropna().unique()
     size = "/".join(str(int(s)) for s in sorted(sizes)) or "?"
@@ -187,19 +205,22 @@ def build_report(
         if entries:
             tables.append(explain_table(entries))
             report.files += [out / e.grid for e in entries]
-    report.tables = tables
-    for t in tables:
-        report.files += t.write(out)
-    md = out / "report.md"
-    md.write_text("\n".join(t.to_markdown() for t in tables), encoding="utf-8")
+    return tables
 
-    # data
+
+def _write_data(
+    collection: Collection, report: Report, prog: Progress, split: str, source: str
+) -> list[Path]:
+    """``report.md``, ``trials.csv``, ``progress.csv`` and ``report.json``."""
+    out = report.out_dir
+    md = out / "report.md"
+    md.write_text("\n".join(t.to_markdown() for t in report.tables), encoding="utf-8")
     trials_csv = out / "trials.csv"
     trials_table(collection).to_csv(trials_csv, index=False)
     progress_csv = out / "progress.csv"
     prog.by_number.to_csv(progress_csv, index=False)
     meta = {
-        "summary": summary,
+        "summary": report.summary,
         "pareto_trials": report.pareto_numbers,
         "hypervolume": {
             "value": prog.final_hypervolume,
@@ -214,32 +235,35 @@ def build_report(
     }
     report_json = out / "report.json"
     report_json.write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+    return [md, trials_csv, progress_csv, report_json]
 
-    # pages
-    fragment = interactive.plot_fragment(collection, front)
+
+def _write_pages(
+    collection: Collection, report: Report, front: pd.DataFrame, prog: Progress, study: str
+) -> list[Path]:
+    """``interactive.html`` (the hover plot alone) and ``index.html`` (everything, offline)."""
+    out = report.out_dir
     inter = out / "interactive.html"
     inter.write_text(interactive.page(collection, front), encoding="utf-8")
-    running = summary.get("trials running", 0)
+    running = report.summary.get("trials running", 0)
     banner = (
         f"Study in progress: {running} trial(s) running; this report shows the finished ones."
         if running
         else None
     )
-    downloads = ["trials.csv", "progress.csv", "report.md", "report.json", "interactive.html"]
     index = out / "index.html"
     index.write_text(
         html_page.index_page(
             title=f"Search report: {study}",
-            summary=summary_table({k: v for k, v in summary.items() if k != "compute seconds"}),
+            summary=summary_table({k: v for k, v in report.summary.items() if k != "compute seconds"}),
             banner=banner,
-            tables=tables,
-            plot_fragment=fragment,
+            tables=report.tables,
+            plot_fragment=interactive.plot_fragment(collection, front),
             plot_style=interactive.STYLE,
             plot_script=interactive.SCRIPT,
             hypervolume_note=prog.caption(),
-            downloads=downloads,
+            downloads=["trials.csv", "progress.csv", "report.md", "report.json", "interactive.html"],
         ),
         encoding="utf-8",
     )
-    report.files += [md, trials_csv, progress_csv, report_json, inter, index]
-    return report
+    return [inter, index]

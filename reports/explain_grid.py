@@ -19,19 +19,10 @@ import numpy as np
 
 from evaluators.data.classes import CLASS_NAMES
 from evaluators.explain import MOSTLY_OUTSIDE, ExplainSummary, ImageAttribution
+from reports.figures import pyplot, styled
 from reports.tables import Column, Table
 
 METHOD_NAMES = {"gradcam": "Grad-CAM", "integrated-gradients": "integrated gradients"}
-
-
-def _pyplot():  # type: ignore[no-untyped-def]
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never a window
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"font.size": 8})
-    return plt
 
 
 def _name(index: int | None) -> str:
@@ -74,9 +65,10 @@ def _panel(ax: Any, result: ImageAttribution) -> None:
     ax.set_yticks([])
 
 
+@styled(font_size=8)
 def save_overlay(result: ImageAttribution, path: str | Path) -> Path:
     """One slice with its attribution overlay, box, prediction and share inside, as a PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(3.2, 3.5))
     _panel(ax, result)
     path = Path(path)
@@ -85,13 +77,14 @@ def save_overlay(result: ImageAttribution, path: str | Path) -> Path:
     return path
 
 
+@styled(font_size=8)
 def save_grid(
     results: Sequence[ImageAttribution], path: str | Path, title: str = "", columns: int = 4
 ) -> Path:
     """Several slices' overlays in one PNG (in the order given), with a title line."""
     if not results:
         raise ValueError("save_grid needs at least one result")
-    plt = _pyplot()
+    plt = pyplot()
     cols = max(1, min(columns, len(results)))
     rows = math.ceil(len(results) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(2.7 * cols, 3.2 * rows + 0.4), squeeze=False)

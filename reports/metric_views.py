@@ -13,10 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-try:  # the evaluators' names when present; a report of stored results needs no data module
-    from evaluators.data.classes import CLASS_NAMES
-except ImportError:  # pragma: no cover
-    CLASS_NAMES = ("Normal", "Pneumonia", "COVID-19")
+from evaluators.data.classes import CLASS_NAMES
+
 COVID = CLASS_NAMES[2]
 CLASS_METRICS = ("sensitivity", "ppv", "specificity", "npv")
 

@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from reports.collect import Collection
+from reports.figures import pyplot, styled
 from reports.points import AXES, Group, front_line, groups, iso_accuracy, iso_levels, unit
 from reports.progress import Progress
 
 FORMATS = ("png", "svg")
-
-
-def _pyplot():  # type: ignore[no-untyped-def]
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never a window
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"svg.hashsalt": "covidnet-nas", "font.size": 9})
-    return plt
 
 
 def _save(fig, out_dir: Path, stem: str) -> list[Path]:  # type: ignore[no-untyped-def]
@@ -33,6 +25,7 @@ def _save(fig, out_dir: Path, stem: str) -> list[Path]:  # type: ignore[no-untyp
     return paths
 
 
+@styled()
 def pareto_plot(
     collection: Collection, pareto_rows: pd.DataFrame, axis: str, out_dir: Path, stem: str
 ) -> list[Path]:
@@ -43,96 +36,113 @@ def pareto_plot(
     baselines, CT L and pruned models are labelled; on the MACs plot, NetScore iso-lines at the
     median params of the measured models.
     """
-    plt = _pyplot()
-    from matplotlib.ticker import FuncFormatter
-    from matplotlib.transforms import blended_transform_factory
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9.0, 5.0))
     all_groups = groups(collection, pareto_rows)
     measured = collection.frame[collection.frame["measured"]]
     accs = measured["val_accuracy"].to_numpy(dtype=float)
     finite = [g.y[np.isfinite(g.y)] for g in all_groups]
     ys = np.concatenate([accs, *finite]) if len(accs) or finite else np.array([50.0])
-    y_lo = max(0.0, float(np.nanmin(ys)) - 5.0)
-    y_hi = min(101.0, float(np.nanmax(ys)) + 3.0)
+    y_lim = (max(0.0, float(np.nanmin(ys)) - 5.0), min(101.0, float(np.nanmax(ys)) + 3.0))
     xs_all = np.concatenate([g.rows[axis].to_numpy(dtype=float) for g in all_groups])
     scale, unit_name = unit(axis, list(xs_all))
-
-    cands = collection.candidates
-    if len(cands):
-        fx, fy = front_line(cands, axis)
-        fx = np.append(fx, fx[-1] * 1.5)
-        fy = np.append(fy, fy[-1])
-        ax.step(
-            fx / scale,
-            fy,
-            where="post",
-            color="#1f4e8c",
-            lw=1.4,
-            alpha=0.8,
-            zorder=2,
-            label="front of the searched candidates (this plane)",
-        )
-
+    if len(collection.candidates):
+        _front(ax, collection.candidates, axis, scale)
     if axis == "macs" and len(measured):
         x_lim = (float(xs_all.min()) / 1.6, float(xs_all.max()) * 1.6)
-        _iso_lines(ax, measured, (y_lo, y_hi), x_lim, scale)
+        _iso_lines(ax, measured, y_lim, x_lim, scale)
+    for g in all_groups:
+        _scatter(ax, g, axis, scale)
+    _axes(ax, collection, axis, (xs_all.min() / scale / 1.6, xs_all.max() / scale * 1.6), y_lim, unit_name)
+    paths = _save(fig, out_dir, stem)
+    plt.close(fig)
+    return paths
+
+
+def _front(ax: Any, candidates: pd.DataFrame, axis: str, scale: float) -> None:
+    """The 2-D non-dominated front of the searched candidates as a step line."""
+    fx, fy = front_line(candidates, axis)
+    fx = np.append(fx, fx[-1] * 1.5)
+    fy = np.append(fy, fy[-1])
+    ax.step(
+        fx / scale,
+        fy,
+        where="post",
+        color="#1f4e8c",
+        lw=1.4,
+        alpha=0.8,
+        zorder=2,
+        label="front of the searched candidates (this plane)",
+    )
+
+
+def _scatter(ax: Any, g: Group, axis: str, scale: float) -> None:
+    """One group's points (never-trained ones on the bottom edge) and, if labelled, their names."""
+    from matplotlib.transforms import blended_transform_factory
 
     bottom = blended_transform_factory(ax.transData, ax.transAxes)
-    for g in all_groups:
-        x = g.rows[axis].to_numpy(dtype=float) / scale
-        drawn_on_edge = ~np.isfinite(g.y)
-        kw = {"marker": g.marker, "s": g.size, "zorder": 4, "label": g.name}
-        if g.marker == "x":
-            kw.update(color=g.color, linewidths=1.0)
-        elif g.filled:
-            kw.update(color=g.color, edgecolors="black" if g.key == "pareto" else "none", linewidths=0.6)
-        else:
-            kw.update(facecolors="none", edgecolors=g.color, linewidths=1.0)
-        if drawn_on_edge.all():
-            ax.scatter(x, np.full(len(x), 0.015), transform=bottom, clip_on=False, **kw)
-        else:
-            ax.scatter(x[~drawn_on_edge], g.y[~drawn_on_edge], **kw)
-            if drawn_on_edge.any():
-                kw.pop("label")
-                ax.scatter(
-                    x[drawn_on_edge],
-                    np.full(int(drawn_on_edge.sum()), 0.015),
-                    transform=bottom,
-                    clip_on=False,
-                    **kw,
+    x = g.rows[axis].to_numpy(dtype=float) / scale
+    drawn_on_edge = ~np.isfinite(g.y)
+    kw: dict[str, Any] = {"marker": g.marker, "s": g.size, "zorder": 4, "label": g.name}
+    if g.marker == "x":
+        kw.update(color=g.color, linewidths=1.0)
+    elif g.filled:
+        kw.update(color=g.color, edgecolors="black" if g.key == "pareto" else "none", linewidths=0.6)
+    else:
+        kw.update(facecolors="none", edgecolors=g.color, linewidths=1.0)
+    if drawn_on_edge.all():
+        ax.scatter(x, np.full(len(x), 0.015), transform=bottom, clip_on=False, **kw)
+    else:
+        ax.scatter(x[~drawn_on_edge], g.y[~drawn_on_edge], **kw)
+        if drawn_on_edge.any():
+            kw.pop("label")
+            ax.scatter(
+                x[drawn_on_edge],
+                np.full(int(drawn_on_edge.sum()), 0.015),
+                transform=bottom,
+                clip_on=False,
+                **kw,
+            )
+    if g.labelled:
+        for xi, yi, label in zip(x, g.y, g.rows["label"]):
+            if np.isfinite(yi):
+                ax.annotate(
+                    str(label),
+                    (xi, yi),
+                    xytext=(5, 4),
+                    textcoords="offset points",
+                    fontsize=7,
+                    color=g.color,
+                    zorder=5,
                 )
-        if g.labelled:
-            for xi, yi, label in zip(x, g.y, g.rows["label"]):
-                if np.isfinite(yi):
-                    ax.annotate(
-                        str(label),
-                        (xi, yi),
-                        xytext=(5, 4),
-                        textcoords="offset points",
-                        fontsize=7,
-                        color=g.color,
-                        zorder=5,
-                    )
+
+
+def _axes(
+    ax: Any,
+    collection: Collection,
+    axis: str,
+    x_lim: tuple[float, float],
+    y_lim: tuple[float, float],
+    unit_name: str,
+) -> None:
+    """Log x axis with 1-2-5 tick labels, limits, labels, title, grid and the legend beside."""
+    from matplotlib.ticker import FuncFormatter
 
     size = _complexity_size(collection)
     ax.set_xscale("log")
-    ax.set_xlim(xs_all.min() / scale / 1.6, xs_all.max() / scale * 1.6)
+    ax.set_xlim(*x_lim)
     ticks = FuncFormatter(
         lambda v, _: f"{v:g}" if round(v / 10 ** np.floor(np.log10(v)), 6) in (1, 2, 5) else ""
     )
     ax.xaxis.set_major_formatter(ticks)
     ax.xaxis.set_minor_formatter(ticks)
-    ax.set_ylim(y_lo, y_hi)
+    ax.set_ylim(*y_lim)
     where = f"at {size}x{size}x3, 3 classes" if axis == "macs" else "3-class head"
     ax.set_xlabel(f"{AXES[axis]} ({unit_name}) {where} (log scale)")
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title(f"{collection.study}: validation accuracy against {AXES[axis]}")
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    paths = _save(fig, out_dir, stem)
-    plt.close(fig)
-    return paths
 
 
 def _iso_lines(  # type: ignore[no-untyped-def]
@@ -168,9 +178,10 @@ def _complexity_size(collection: Collection) -> str:
     return str(int(sizes[0])) if len(sizes) == 1 else "/".join(str(int(s)) for s in sorted(sizes)) or "?"
 
 
+@styled()
 def progress_plot(prog: Progress, out_dir: Path, stem: str = "progress") -> list[Path]:
     """Hypervolume and best NetScore against trial number and against wall time (2 x 2)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(9.0, 6.0), sharey="row")
     for col, (frame, x, xlabel) in enumerate(
         [

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from evaluators.settings import ConfigError
 from search.commands._common import (
     check_size,
     data_flags,
@@ -46,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _beside(weights: Path) -> dict[str, Any]:
-    """The training settings written next to ``weights`` (metrics.json, else config.yaml)."""
+    """The training settings written next to ``weights`` (metrics.json, else config.yaml); ``{}``
+    where neither is there or readable."""
     metrics = weights.with_name("metrics.json")
     if metrics.is_file():
         try:
@@ -55,45 +57,22 @@ def _beside(weights: Path) -> dict[str, Any]:
             return {}
     config = weights.with_name("config.yaml")
     if config.is_file():
-        import yaml
+        from search.commands.train import file_settings
+        from search.driver.config import read_yaml
 
         try:
-            d = yaml.safe_load(config.read_text())
-        except yaml.YAMLError:
+            return read_yaml(config, file_settings())
+        except UsageError:
             return {}
-        return d if isinstance(d, dict) else {}
     return {}
-
-
-def read_weights(path: Path) -> dict[str, Any]:
-    """A state dict from ``path`` (``torch.load(weights_only=True)``); usage errors otherwise."""
-    import torch
-
-    if not path.is_file():
-        raise UsageError(f"{path}: no such weights file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        text = " ".join(str(e).split())[:200]
-        raise UsageError(f"{path}: not a state dict torch can load with weights_only=True ({text})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UsageError(f"{path}: not a state dict (a mapping of names to tensors)")
-    return state
-
-
-def load_weights(model: Any, state: dict[str, Any], path: Path, arch: str) -> None:
-    """Load ``state`` (read from ``path``) into ``model``; a usage error when it does not fit."""
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[-1].strip() if str(e).strip() else ""
-        raise UsageError(f"{path} does not fit {arch}: {first}") from None
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from evaluators.device import resolve_device
     from evaluators.evaluate import evaluate
-    from space import build, load_spec
+    from search.export.load import read_weights_file, rebuild
+    from search.pruning.checkpoints import WeightsMismatch
+    from space import load_spec
 
     if args.model:
         if args.arch or args.weights:
@@ -103,9 +82,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise UsageError("give --arch and --weights, or --model (an exported model)")
     weights = Path(args.weights)
     spec = load_spec(args.arch)
-    state = read_weights(weights)
-    model = build(spec, 3)
-    load_weights(model, state, weights, args.arch)
+    state = read_weights_file(weights)
+    try:
+        model = rebuild({"spec": spec.to_dict()}, state, f"the architecture {args.arch}")
+    except WeightsMismatch as e:
+        raise UsageError(f"{weights} does not fit {args.arch}: {e}") from None
     trained = _beside(weights)
     size = args.image_size if args.image_size is not None else trained.get("image_size")
     if size is None:
@@ -118,7 +99,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     device = args.device or "auto"
     try:
         resolve_device(device)
-    except ValueError as e:
+    except ConfigError as e:
         raise UsageError(f"--{e}") from None
     dataset = load_data(args, splits=(args.split,))
     result = evaluate(

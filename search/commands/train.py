@@ -245,20 +245,7 @@ def _train_runs(
 
     label = spec.name or spec.arch_id
     if not quiet:
-        if cv.folds > 1:
-            n = len(dataset.splits["train"]) + len(dataset.splits["val"])
-            where = (
-                f"{cv.folds} patient-grouped folds of train+val ({n} images, "
-                f"{len(set(grouping.patients))} patients; test not used)"
-            )
-        else:
-            where = f"{len(dataset.splits['train'])} train / {len(dataset.splits['val'])} val images"
-        err_console().print(
-            f"training {label} (arch_id {spec.arch_id}, {params:,} params) {cv.runs} times on "
-            f"{', '.join(dataset.sources)}: {where}, {cv.repeats} seed{'s' if cv.repeats != 1 else ''} "
-            f"from {cfg.seed}, {cfg.image_size} px, {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, "
-            f"{device}"
-        )
+        _announce_runs(spec, dataset, cfg, cv, grouping, params, device)
 
     def make_model(seed: int) -> Any:
         seed_everything(seed)
@@ -311,6 +298,32 @@ def _train_runs(
     if args.json:
         print(json.dumps(metrics, indent=2))
         return 0
+    _print_runs(label, result, cv, grouping, out, metrics["wall_time_s"])
+    return 0
+
+
+def _announce_runs(
+    spec: Any, dataset: Any, cfg: Any, cv: Any, grouping: Any, params: int, device: str
+) -> None:
+    if cv.folds > 1:
+        n = len(dataset.splits["train"]) + len(dataset.splits["val"])
+        where = (
+            f"{cv.folds} patient-grouped folds of train+val ({n} images, "
+            f"{len(set(grouping.patients))} patients; test not used)"
+        )
+    else:
+        where = f"{len(dataset.splits['train'])} train / {len(dataset.splits['val'])} val images"
+    err_console().print(
+        f"training {spec.name or spec.arch_id} (arch_id {spec.arch_id}, {params:,} params) {cv.runs} "
+        f"times on {', '.join(dataset.sources)}: {where}, {cv.repeats} seed{'s' if cv.repeats != 1 else ''} "
+        f"from {cfg.seed}, {cfg.image_size} px, {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, "
+        f"{device}"
+    )
+
+
+def _print_runs(label: str, result: Any, cv: Any, grouping: Any, out: Path, seconds: float) -> None:
+    """Every run's accuracy, the summary with its interval, the metrics and what was written."""
+    r0 = result.runs[0]
     rows = [
         [i, r["fold"] or "-", r["seed"], f"{r['val_accuracy']:.2f}", r["best_epoch"], r["epochs_run"]]
         for i, r in enumerate(result.runs, start=1)
@@ -331,9 +344,8 @@ def _train_runs(
     where = f"fold {r0['fold']}, " if r0["fold"] else ""
     console().print(
         f"wrote {out}/metrics.json, weights.pt (run 1: {where}seed {r0['seed']}, val accuracy "
-        f"{r0['val_accuracy']:.2f} %), spec.json, config.yaml ({metrics['wall_time_s']:.1f} s)"
+        f"{r0['val_accuracy']:.2f} %), spec.json, config.yaml ({seconds:.1f} s)"
     )
-    return 0
 
 
 def describe(acc: Any) -> str:

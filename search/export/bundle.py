@@ -29,6 +29,7 @@ import numpy as np
 import optuna
 import torch
 from optuna.trial import FrozenTrial
+from torch import nn
 
 from evaluators.device import input_channels
 from evaluators.files import write_folder_atomically
@@ -183,7 +184,6 @@ def export_trial(
         ExportFailed: the ONNX checker or the parity check failed (nothing is written).
     """
     from evaluators.data.classes import CLASS_NAMES
-    from evaluators.latency import measure_latency
 
     options = options or ExportOptions()
     started = time.time()
@@ -204,53 +204,12 @@ def export_trial(
     def write(tmp: Path) -> dict[str, Any]:
         onnx_path = tmp / "model.onnx"
         if with_onnx:
-            meta = {
-                "image_size": str(size),
-                "class_names": json.dumps(list(CLASS_NAMES)),
-                "arch_id": str(card["arch_id"]),
-                "study": study.study_name,
-                "trial": str(trial.number),
-            }
-            export_onnx(model, onnx_path, input_size, opset=options.opset, metadata=meta)
             assert images is not None
-            parity = check_parity(
-                onnx_path, model, images, atol=options.atol, rtol=options.rtol, source=images_source
-            )
-            if not parity.passed:
-                raise ExportFailed(f"trial {trial.number}: {parity.failure()}; nothing written")
-            card["onnx"] = {"opset": options.opset, "dynamic_batch": True, "checker": "passed"}
-            card["parity"] = parity.to_dict()
+            _write_onnx(model, onnx_path, input_size, images, options, card, study, trial, images_source)
         else:
-            card["onnx"] = None
-            card["parity"] = None
-        if options.latency_repeats > 0:
-            latency = measure_latency(
-                model,
-                onnx_path if with_onnx else None,
-                input_size,
-                batch_sizes=options.latency_batches,
-                warmup=options.latency_warmup,
-                repeats=options.latency_repeats,
-                threads=options.threads,
-            )
-            card["latency"] = latency.to_dict()
-        else:
-            card["latency"] = None
-        if not with_onnx and onnx_path.exists():
-            onnx_path.unlink()
-        if "pt" in options.formats:
-            if trial.user_attrs.get("pruned_config"):  # a pruned baseline: channel counts + state dict
-                from search.pruning.checkpoints import checkpoint
-
-                torch.save(
-                    checkpoint(model, str(trial.user_attrs["builder"]["baseline"])), tmp / "weights.pt"
-                )
-            else:
-                torch.save(model.state_dict(), tmp / "weights.pt")
-        if "json" in options.formats:
-            desc = card["architecture"]
-            body = desc.get("spec", desc)
-            (tmp / "spec.json").write_text(json.dumps(body, indent=2) + "\n")
+            card["onnx"] = card["parity"] = None
+        card["latency"] = _latency(model, onnx_path if with_onnx else None, input_size, options)
+        _write_weights_and_spec(model, trial, tmp, options.formats, card)
         card["versions"] = library_versions()
         card["exported_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         card["export_seconds"] = round(time.time() - started, 3)
@@ -260,6 +219,71 @@ def export_trial(
 
     written = write_atomically(Path(out), write, overwrite=options.overwrite)
     return ExportResult(trial.number, str(card["arch_id"]), Path(out), written)
+
+
+def _write_onnx(
+    model: nn.Module,
+    path: Path,
+    input_size: tuple[int, int, int],
+    images: torch.Tensor,
+    options: ExportOptions,
+    card: dict[str, Any],
+    study: optuna.Study,
+    trial: FrozenTrial,
+    images_source: str,
+) -> None:
+    """``model.onnx`` with its metadata, checked against PyTorch on ``images`` (``ExportFailed``)."""
+    from evaluators.data.classes import CLASS_NAMES
+
+    meta = {
+        "image_size": str(input_size[1]),
+        "class_names": json.dumps(list(CLASS_NAMES)),
+        "arch_id": str(card["arch_id"]),
+        "study": study.study_name,
+        "trial": str(trial.number),
+    }
+    export_onnx(model, path, input_size, opset=options.opset, metadata=meta)
+    parity = check_parity(path, model, images, atol=options.atol, rtol=options.rtol, source=images_source)
+    if not parity.passed:
+        raise ExportFailed(f"trial {trial.number}: {parity.failure()}; nothing written")
+    card["onnx"] = {"opset": options.opset, "dynamic_batch": True, "checker": "passed"}
+    card["parity"] = parity.to_dict()
+
+
+def _latency(
+    model: nn.Module, onnx_path: Path | None, input_size: tuple[int, int, int], options: ExportOptions
+) -> dict[str, Any] | None:
+    if options.latency_repeats <= 0:
+        return None
+    from evaluators.latency import measure_latency
+
+    latency = measure_latency(
+        model,
+        onnx_path,
+        input_size,
+        batch_sizes=options.latency_batches,
+        warmup=options.latency_warmup,
+        repeats=options.latency_repeats,
+        threads=options.threads,
+    )
+    return latency.to_dict()
+
+
+def _write_weights_and_spec(
+    model: nn.Module, trial: FrozenTrial, tmp: Path, formats: Sequence[str], card: dict[str, Any]
+) -> None:
+    """``weights.pt`` (a state dict; a pruned baseline's channel counts too) and ``spec.json``."""
+    if "pt" in formats:
+        if trial.user_attrs.get("pruned_config"):  # a pruned baseline: channel counts + state dict
+            from search.pruning.checkpoints import checkpoint
+
+            torch.save(checkpoint(model, str(trial.user_attrs["builder"]["baseline"])), tmp / "weights.pt")
+        else:
+            torch.save(model.state_dict(), tmp / "weights.pt")
+    if "json" in formats:
+        desc = card["architecture"]
+        body = desc.get("spec", desc)
+        (tmp / "spec.json").write_text(json.dumps(body, indent=2) + "\n")
 
 
 def _json_default(v: Any) -> Any:

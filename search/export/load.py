@@ -159,6 +159,20 @@ def rebuild(description: dict[str, Any], state: Any, what: str = "the stored net
     return model.eval()
 
 
+def read_weights_file(path: str | Path, hint: str = "") -> Any:
+    """What a weights file holds (a state dict, or a pruned baseline's checkpoint), loaded with
+    ``torch.load(weights_only=True)``: no pickle runs. A missing or unreadable file is a one-line
+    ``UsageError`` naming it (``hint`` is appended to "no such weights file")."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{p}: no such weights file{hint}")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        text = " ".join(str(e).split())[:300]
+        raise UsageError(f"{p}: not a weights file torch can load with weights_only=True ({text})") from None
+
+
 def load_exported(
     spec_path: Path, weights_path: Path, architecture: dict[str, Any] | None = None
 ) -> nn.Module:
@@ -173,12 +187,7 @@ def load_exported(
         raise UsageError(f"{spec_path}: not valid JSON ({e})") from None
     if not isinstance(description, dict):
         raise UsageError(f"{spec_path}: expected a JSON object (an ArchSpec or a baseline builder)")
-    if not Path(weights_path).is_file():
-        raise UsageError(f"{weights_path}: no such weights file (pass --weights FILE)")
-    try:
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UsageError(f"{weights_path}: not a readable state dict ({e})") from None
+    state = read_weights_file(weights_path, hint=" (pass --weights FILE)")
     try:
         return rebuild(architecture or description, state)
     except SpecError as e:

@@ -31,6 +31,7 @@ from search.driver.config import RunConfig
 from search.driver.storage import optuna_quiet
 from search.driver.study import OBJECTIVES, complete_candidates
 from search.errors import RunFailed, UsageError
+from space.errors import UserInputError
 
 SUFFIX = ":pruned"
 KIND_PRUNED = "pruned"
@@ -280,16 +281,15 @@ def run_prune(
     and store it in ``<study>:pruned``.
 
     Args:
-        evaluator: a ``search.objective.TrainingEvaluator`` on the study's data and configuration.
+        evaluator: a ``search.driver.objective.TrainingEvaluator`` on the study's data and
+            configuration.
         upload: stores a weights file for a trial, returning the artifact id.
 
     Raises:
         RunFailed: the checks failed (the trial is stored as failed with the reason).
     """
-    from evaluators import count_params, netscore, profile
-    from evaluators.device import input_channels
-    from search.pruning.checkpoints import stored_form
-    from search.pruning.core import accumulate_gradients, macs_of, prune_to_target, target_from
+    from evaluators import count_params
+    from search.pruning.core import macs_of, target_from
 
     size = config.complexity_size
     source = load_source(request, config, storage, evaluator)
@@ -297,7 +297,8 @@ def run_prune(
     target = target_from(before, request.target_macs, request.target_ratio)
     epochs = request.finetune_epochs or config.train.epochs
     study = open_pruned_study(storage, config.study, config.artifacts_dir)
-    trial = study.ask()
+    with optuna_quiet():
+        trial = study.ask()
     start = time.time()
     base: dict[str, Any] = {
         "kind": KIND_PRUNED,
@@ -312,63 +313,32 @@ def run_prune(
     }
     for k, v in base.items():
         trial.set_user_attr(k, v)
-    rounds: list[Any] = []
     tmp = tempfile.TemporaryDirectory(prefix="covidnet-nas-prune-")
     try:
-        batches = training_batches(evaluator) if request.importance == "taylor" else []
-        result = prune_to_target(
-            source.model,
-            target,
-            size=size,
-            importance=request.importance,
-            scope=request.scope,
-            steps=request.steps,
-            finetune=_fine_tuner(evaluator, config, epochs, rounds),
-            gradients=(lambda m: accumulate_gradients(m, batches)) if batches else None,
-            on_step=on_step,
-        )
+        rounds: list[Any] = []
+        result = _prune(request, source, target, size, evaluator, config, epochs, rounds, on_step)
         trial.set_user_attr("prune_scope", result.scope)
         trial.set_user_attr("prune_steps", [s.to_dict() for s in result.steps])
         weights = Path(tmp.name) / "pruned.pt"
-        model, attrs = stored_form(result.model, source.baseline, weights)
-        for k, v in attrs.items():
-            trial.set_user_attr(k, v)
-        images = check_images(evaluator, input_channels(model))
-        checks = run_checks(model, target, size, images, onnx=onnx_check)
-        trial.set_user_attr("prune_checks", checks)
-        if not checks["passed"]:
-            raise RunFailed(f"the pruned model failed its checks: {checks['failures']}")
-        prof = profile(model, (input_channels(model), size, size))
-        last = rounds[-1]
-        ns = netscore(max(last.val_accuracy, 1e-3), prof.params, prof.macs)
-        final = {
-            **last.attrs,
-            "params": prof.params,
-            "macs": prof.macs,
-            "flops": prof.flops,
-            "peak_activation_bytes": prof.peak_activation_bytes,
-            "constraints": (
-                float(prof.params - config.max_params) if config.max_params else 0.0,
-                float(prof.macs - config.max_macs) if config.max_macs else 0.0,
-            ),
-            "history": _history(rounds),
-            "epochs_run": sum(int(o.attrs.get("epochs_run", 0)) for o in rounds),
-            "train_wall_time_s": sum(float(o.attrs.get("train_wall_time_s", 0.0)) for o in rounds),
-            "val_accuracy": last.val_accuracy,
-            "netscore": ns,
-        }
-        for k, v in final.items():
-            trial.set_user_attr(k, v)
-        if upload is not None:
-            trial.set_user_attr("weights_artifact_id", upload(trial, str(weights)))
-        trial.set_user_attr("status", "complete")
-        trial.set_user_attr("wall_time_s", time.time() - start)
-        frozen = study.tell(trial, [last.val_accuracy, float(prof.params), float(prof.macs)])
+        frozen, checks = _check_and_store(
+            study,
+            trial,
+            result,
+            source,
+            target,
+            config,
+            evaluator,
+            rounds,
+            weights,
+            upload,
+            onnx_check,
+            start,
+        )
     except KeyboardInterrupt:
         trial.set_user_attr("status", "interrupted")
         study.tell(trial, state=TrialState.FAIL)
         raise
-    except (RunFailed, UsageError, RuntimeError, ValueError) as e:
+    except (RunFailed, UserInputError, RuntimeError, ValueError) as e:
         trial.set_user_attr("status", "failed")
         trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:2000])
         study.tell(trial, state=TrialState.FAIL)
@@ -376,6 +346,91 @@ def run_prune(
     finally:
         tmp.cleanup()
     return PruneOutcome(frozen, study.study_name, result, checks)
+
+
+def _prune(
+    request: PruneRequest,
+    source: Source,
+    target: int,
+    size: int,
+    evaluator: Any,
+    config: RunConfig,
+    epochs: int,
+    rounds: list[Any],
+    on_step: Callable[[Any], None] | None,
+) -> Any:
+    """The pruning rounds, each fine-tuned (its outcome appended to ``rounds``)."""
+    from search.pruning.core import accumulate_gradients, prune_to_target
+
+    batches = training_batches(evaluator) if request.importance == "taylor" else []
+    return prune_to_target(
+        source.model,
+        target,
+        size=size,
+        importance=request.importance,
+        scope=request.scope,
+        steps=request.steps,
+        finetune=_fine_tuner(evaluator, config, epochs, rounds),
+        gradients=(lambda m: accumulate_gradients(m, batches)) if batches else None,
+        on_step=on_step,
+    )
+
+
+def _check_and_store(
+    study: optuna.Study,
+    trial: Any,
+    result: Any,
+    source: Source,
+    target: int,
+    config: RunConfig,
+    evaluator: Any,
+    rounds: list[Any],
+    weights: Path,
+    upload: Callable[[Any, str], str] | None,
+    onnx_check: bool,
+    start: float,
+) -> tuple[FrozenTrial, dict[str, Any]]:
+    """Write the stored form, check it (MACs, finite outputs, ONNX parity), and complete the trial
+    with its complexity, last round's metrics and the rounds' history."""
+    from evaluators import netscore, profile
+    from evaluators.device import input_channels
+    from search.pruning.checkpoints import stored_form
+
+    size = config.complexity_size
+    model, attrs = stored_form(result.model, source.baseline, weights)
+    for k, v in attrs.items():
+        trial.set_user_attr(k, v)
+    images = check_images(evaluator, input_channels(model))
+    checks = run_checks(model, target, size, images, onnx=onnx_check)
+    trial.set_user_attr("prune_checks", checks)
+    if not checks["passed"]:
+        raise RunFailed(f"the pruned model failed its checks: {checks['failures']}")
+    prof = profile(model, (input_channels(model), size, size))
+    last = rounds[-1]
+    final = {
+        **last.attrs,
+        "params": prof.params,
+        "macs": prof.macs,
+        "flops": prof.flops,
+        "peak_activation_bytes": prof.peak_activation_bytes,
+        "constraints": (
+            float(prof.params - config.max_params) if config.max_params else 0.0,
+            float(prof.macs - config.max_macs) if config.max_macs else 0.0,
+        ),
+        "history": _history(rounds),
+        "epochs_run": sum(int(o.attrs.get("epochs_run", 0)) for o in rounds),
+        "train_wall_time_s": sum(float(o.attrs.get("train_wall_time_s", 0.0)) for o in rounds),
+        "val_accuracy": last.val_accuracy,
+        "netscore": netscore(max(last.val_accuracy, 1e-3), prof.params, prof.macs),
+    }
+    for k, v in final.items():
+        trial.set_user_attr(k, v)
+    if upload is not None:
+        trial.set_user_attr("weights_artifact_id", upload(trial, str(weights)))
+    trial.set_user_attr("status", "complete")
+    trial.set_user_attr("wall_time_s", time.time() - start)
+    frozen = study.tell(trial, [last.val_accuracy, float(prof.params), float(prof.macs)])
+    return frozen, checks
 
 
 def run_checks(

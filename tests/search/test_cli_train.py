@@ -130,7 +130,7 @@ def bad_data(tmp_path: Path) -> Path:
         (["evaluate", "--arch", "ct-s", "--weights", "{tmp}/w.pt"], "w.pt: no such weights file"),
         (
             ["evaluate", "--arch", "ct-s", "--weights", "{tmp}/junk.pt"],
-            "junk.pt: not a state dict torch can load",
+            "junk.pt: not a weights file torch can load",
         ),
         (["evaluate", "--arch", "ct-l", "--weights", "{tmp}/tiny.pt"], "tiny.pt does not fit ct-l"),
         (["evaluate", "--arch", "ct-s", "--weights", "{tmp}/ok.pt"], "--image-size is needed"),

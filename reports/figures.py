@@ -1,0 +1,42 @@
+"""The one way the reports draw: matplotlib without a window, and one style per picture.
+
+The style is applied with ``matplotlib.rc_context`` around each drawing function (``styled``), not
+set globally, so a picture looks the same whichever was drawn before it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Deterministic SVGs (ids do not change from run to run) and a small, even font.
+STYLE: dict[str, Any] = {"svg.hashsalt": "covidnet-nas", "font.size": 9}
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (files only, never a window)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def styled(**overrides: Any) -> Callable[[F], F]:
+    """Draw the decorated function's figures under ``STYLE`` (with ``overrides``, rcParams names
+    with ``_`` for ``.``: ``styled(font_size=8)``)."""
+    rc = {**STYLE, **{k.replace("_", "."): v for k, v in overrides.items()}}
+
+    def deco(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with pyplot().rc_context(rc):
+                return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return deco
