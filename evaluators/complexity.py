@@ -196,3 +196,58 @@ def netscore(accuracy_pct: float, params: int | float, macs: int | float) -> flo
     p = params / 1e6
     m = macs / 1e9
     return 20.0 * math.log10(accuracy_pct**2 / (math.sqrt(p) * math.sqrt(m)))
+
+
+# ------------------------------------------------------------------ analytic counts of an ArchSpec
+def _out(h: int, k: int, stride: int) -> int:
+    """Output side of a conv (or the stem's pool) with padding ``k // 2``."""
+    return (h + 2 * (k // 2) - k) // stride + 1
+
+
+def spec_complexity(spec: Any, image_size: int = 512, num_classes: int = 3) -> tuple[int, int]:
+    """``(params, MACs)`` of ``space.build(spec, num_classes)`` at ``image_size``, computed from the
+    spec alone, exactly as ``profile`` counts them (fvcore: convolutions and linear layers, batch
+    norm as 2 per element, global pooling 1 per element; the residual adds and max pooling are not
+    counted), in microseconds instead of a traced forward pass. ``tests/evaluators/test_complexity.py``
+    checks it against ``profile`` on sampled specs."""
+    st = spec.stem
+    params = st.in_channels * st.out_channels * st.kernel_size**2 + 2 * st.out_channels
+    h = _out(image_size, st.kernel_size, st.stride)
+    macs = st.out_channels * st.in_channels * st.kernel_size**2 * h * h + 2 * st.out_channels * h * h
+    if st.pool:
+        h = _out(h, 3, 2)
+    c = st.out_channels
+    for stage in spec.stages:
+        for b in stage.blocks:
+            p, m, h_out = _block(b, c, h)
+            params, macs, h, c = params + p, macs + m, h_out, b.out_channels
+    macs += c * h * h + c * num_classes  # global average pool, linear
+    params += c * num_classes + num_classes
+    return params, macs
+
+
+def _conv(c_in: int, c_out: int, k: int, groups: int, h_out: int, bn: bool = True) -> tuple[int, int]:
+    w = c_out * (c_in // groups) * k * k
+    return w + (2 * c_out if bn else 0), w * h_out * h_out + (2 * c_out * h_out * h_out if bn else 0)
+
+
+def _block(b: Any, c_in: int, h: int) -> tuple[int, int, int]:
+    """Params, MACs and output side of one residual block (``space.blocks``)."""
+    k, s, mid, out = b.kernel_size, b.stride, b.mid_channels, b.out_channels
+    h2 = _out(h, k, s)
+    parts = []
+    if b.type == "bottleneck":
+        g = mid if b.conv == "depthwise" else b.groups
+        parts += [_conv(c_in, mid, 1, 1, h), _conv(mid, mid, k, g, h2), _conv(mid, out, 1, 1, h2)]
+        se_on = mid
+    else:  # basic
+        g1 = c_in if b.conv == "depthwise" else b.groups
+        g2 = mid if b.conv == "depthwise" else b.groups
+        parts += [_conv(c_in, mid, k, g1, h2), _conv(mid, out, k, g2, h2)]
+        se_on = out
+    if b.se_channels:  # two 1x1 convs with bias on the pooled vector
+        hid = b.se_channels
+        parts.append((se_on * hid + hid + hid * se_on + se_on, 2 * se_on * hid))
+    if s != 1 or c_in != out:
+        parts.append(_conv(c_in, out, 1, 1, h2))
+    return sum(p for p, _ in parts), sum(m for _, m in parts), h2

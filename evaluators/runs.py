@@ -82,6 +82,8 @@ class RunsResult:
         accuracy: validation accuracy over all runs (percent).
         val: metrics of the pooled validation predictions of all runs (out-of-fold with folds).
         test: the first run's test metrics (plain evaluation only; ``None`` with folds).
+        test_accuracy: test accuracy over the runs that were tested (every run with ``test_all``),
+            ``None`` where none was.
         first: the first run's ``TrainResult`` (its weights are the ones kept).
         runs: per run: fold, repeat, seed, val accuracy, best epoch, epochs run, history.
         grouping: how patients were found (folds only).
@@ -91,6 +93,7 @@ class RunsResult:
     accuracy: Uncertain
     val: EvalResult
     test: EvalResult | None
+    test_accuracy: Uncertain | None
     first: TrainResult
     runs: list[dict[str, Any]]
     grouping: Grouping | None
@@ -120,6 +123,7 @@ def evaluate_runs(
     on_epoch: Any = None,
     cache_dir: str | Path | None = None,
     progress: bool = False,
+    test_all: bool = False,
 ) -> RunsResult:
     """Train ``cv.runs`` models and collect their validation accuracies.
 
@@ -133,13 +137,15 @@ def evaluate_runs(
         on_epoch: passed to every run's ``train``/``fit`` (``on_epoch(epoch, val_accuracy, row)``).
         cache_dir: the decoded-image cache (shared by every fold and run).
         progress: progress bars of the underlying training.
+        test_all: evaluate every run on the test split, not only the first (plain split only;
+            ``config.evaluate_test`` must be on): the final stage's test accuracy over seeds.
     """
     cv = cv or CVConfig()
     runs = _Runs(cv, on_run)
     if cv.folds == 1:
         for r in range(cv.repeats):
             cfg = dataclasses.replace(
-                config, seed=config.seed + r, evaluate_test=config.evaluate_test and r == 0
+                config, seed=config.seed + r, evaluate_test=config.evaluate_test and (r == 0 or test_all)
             )
             res = train(
                 make_model(cfg.seed), dataset, cfg, on_epoch=on_epoch, cache_dir=cache_dir, progress=progress
@@ -217,6 +223,7 @@ class _Runs:
                 "repeat": repeat,
                 "seed": res.config.seed,
                 "val_accuracy": res.val.accuracy,
+                "test_accuracy": res.test.accuracy if res.test is not None else None,
                 "best_epoch": res.best_epoch,
                 "epochs_run": res.epochs_run,
                 "history": res.history,
@@ -239,8 +246,14 @@ class _Runs:
             val = first.val  # type: ignore[assignment]
         single_ci = first.val.accuracy_ci if len(self.runs) == 1 and first.val is not None else None
         accuracy = Uncertain.of([r["val_accuracy"] for r in self.runs], single_run_ci=single_ci)
+        tests = [r["test_accuracy"] for r in self.runs if r["test_accuracy"] is not None]
+        test_accuracy = None
+        if tests:
+            test_ci = first.test.accuracy_ci if len(tests) == 1 and first.test is not None else None
+            test_accuracy = Uncertain.of(tests, single_run_ci=test_ci)
         return RunsResult(
             accuracy=accuracy,
+            test_accuracy=test_accuracy,
             val=val,
             test=first.test,
             first=first,

@@ -31,6 +31,42 @@ from evaluators.settings import ConfigError, check_bool, check_int, check_number
 
 EpochCallback = Callable[[int, float, dict[str, Any]], None]
 
+# Named presets of TrainConfig settings (``--protocol``); explicit settings override them.
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    # The CT-2 protocol as published: TrainConfig's defaults (SGD 5e-4, batch 8, best validation
+    # epoch with early stopping, 512 px).
+    "paper": {},
+    # A short run that ranks architectures; chosen by measurement (docs/benchmarks.md, "Training
+    # protocols"): a higher learning rate with warm-up and cosine decay to zero, label smoothing,
+    # and the last epoch's averaged weights scored instead of the luckiest validation epoch.
+    "proxy": {
+        "epochs": 4,
+        "image_size": 64,
+        "lr": 0.02,
+        "warmup_epochs": 0.5,
+        "cosine": True,
+        "label_smoothing": 0.1,
+        "ema": 0.99,
+        "recalibrate_bn": 512,
+        "keep": "last",
+        "patience": 0,
+    },
+    # The proxy's recipe at a fidelity where CT L converges on small CT sets (search final's
+    # default): three times the epochs at twice the image size.
+    "final": {
+        "epochs": 12,
+        "image_size": 128,
+        "lr": 0.02,
+        "warmup_epochs": 0.5,
+        "cosine": True,
+        "label_smoothing": 0.1,
+        "ema": 0.99,
+        "recalibrate_bn": 512,
+        "keep": "last",
+        "patience": 0,
+    },
+}
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -41,6 +77,12 @@ class TrainConfig:
     reaches every flag, config file and stored configuration without being listed again.
     """
 
+    protocol: str = setting(
+        "paper",
+        "a named preset of the settings below (paper: the CT-2 protocol; proxy: a few epochs that rank "
+        "architectures; final: the proxy's recipe, longer and larger); flags override it",
+        choices=("paper", "proxy", "final"),
+    )
     lr: float = setting(5e-4, "SGD learning rate")
     momentum: float = setting(0.9, "SGD momentum")
     weight_decay: float = setting(1e-4, "L2 weight (SGD weight decay)")
@@ -48,7 +90,24 @@ class TrainConfig:
     epochs: int = setting(20, "most epochs to train")
     image_size: int = setting(512, "side of the square input, a multiple of 32 (the paper: 512)")
     patience: int = setting(5, "early stopping: epochs without a better validation accuracy (0: off)")
-    cosine: bool = setting(False, "cosine decay of the learning rate over the epochs")
+    cosine: bool = setting(False, "cosine decay of the learning rate to zero over the run (per step)")
+    warmup_epochs: float = setting(
+        0.0, "linear learning-rate warm-up from zero, in epochs (fractions allowed)"
+    )
+    label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy (0: off)")
+    ema: float = setting(
+        0.0, "decay of an exponential moving average of the weights, validated instead of them (0: off)"
+    )
+    recalibrate_bn: int = setting(
+        0,
+        "training images (unaugmented) on which batch-norm statistics are recomputed before each "
+        "validation (0: off; needed with ema, whose averaged weights do not match averaged statistics)",
+    )
+    keep: str = setting(
+        "best",
+        "which weights are kept and scored: the best validation epoch's (the paper's) or the last epoch's",
+        choices=("best", "last"),
+    )
     augment: bool = setting(True, "the paper's augmentations")
     exterior_exclusion: bool = setting(
         False, "replace everything outside the body box by its mean gray level"
@@ -63,9 +122,17 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("cosine", "augment", "exterior_exclusion", "balanced", "evaluate_test"):
             check_bool(name, getattr(self, name))
-        for name in ("lr", "momentum", "weight_decay"):
+        for name in ("lr", "momentum", "weight_decay", "warmup_epochs", "label_smoothing", "ema"):
             check_number(name, getattr(self, name))
-        for name in ("batch_size", "epochs", "image_size", "patience", "seed", "eval_batch_size"):
+        for name in (
+            "batch_size",
+            "epochs",
+            "image_size",
+            "patience",
+            "seed",
+            "eval_batch_size",
+            "recalibrate_bn",
+        ):
             check_int(name, getattr(self, name), low=None)
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
@@ -81,6 +148,20 @@ class TrainConfig:
             raise ConfigError(f"image_size must be a multiple of 32 of at least 32, got {self.image_size}")
         if self.patience < 0:
             raise ConfigError(f"patience must be 0 (off) or positive, got {self.patience}")
+        if self.recalibrate_bn < 0:
+            raise ConfigError(
+                f"recalibrate_bn must be 0 (off) or a number of images, got {self.recalibrate_bn}"
+            )
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"warmup_epochs must be at least 0, got {self.warmup_epochs}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.ema < 1:
+            raise ConfigError(f"ema must be in [0, 1) (0: off), got {self.ema}")
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        if self.keep not in ("best", "last"):
+            raise ConfigError(f"keep must be best or last, got {self.keep!r}")
         if self.eval_batch_size < 1:
             raise ConfigError(f"eval_batch_size must be at least 1, got {self.eval_batch_size}")
         if self.channels is not None and self.channels not in (1, 3):
@@ -89,6 +170,15 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def resolve(cls, values: dict[str, Any]) -> TrainConfig:
+        """A config from some of its fields: the named ``protocol``'s preset (``PROTOCOLS``, default
+        ``paper``) first, then ``values`` (explicit settings win over the preset)."""
+        protocol = values.get("protocol", "paper")
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        return cls(**{**PROTOCOLS[protocol], **values, "protocol": protocol})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "") -> TrainConfig:
@@ -103,7 +193,7 @@ class TrainConfig:
                 hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(known)})"
                 raise ConfigError(f"{where}unknown training setting {key!r}{hint}")
             values[key] = coerce(known[key], value, source)
-        return cls(**values)
+        return cls.resolve(values)
 
 
 @dataclass(frozen=True)
@@ -316,17 +406,19 @@ def fit(
     """Train ``model`` on decoded arrays, validating on ``val_arr`` after every epoch.
 
     ``train`` is this on a dataset's train and val splits; cross-validation calls it on folds
-    (``SplitArrays.subset``) so that every fold reuses the decoded-image cache.
+    (``SplitArrays.subset``) so that every fold reuses the decoded-image cache. With ``ema`` the
+    averaged weights are the ones validated and kept; ``keep`` says whether the best validation
+    epoch's weights (the paper's early stopping) or the last epoch's are kept and scored.
 
     Args:
-        test: the test split (or a function loading it), evaluated with the best weights after a
+        test: the test split (or a function loading it), evaluated with the kept weights after a
             complete run; ``None`` skips it.
         started: ``time.perf_counter()`` when the caller began (decoding counts in the wall time).
     """
     cfg = config or TrainConfig()
     started = time.perf_counter() if started is None else started
     run = _Run(model, train_arr, cfg)
-    best = _Best()
+    best = _Best(keep_last=cfg.keep == "last")
     status, reason = "complete", ""
     with _Progress(progress, cfg.epochs) as bar:
         for epoch in range(1, cfg.epochs + 1):
@@ -335,9 +427,10 @@ def fit(
             if stats.failure:
                 status, reason = "failed", stats.failure
                 break
-            pred = predict(model, val_arr.images, run.channels, cfg.eval_batch_size, run.device)
+            scored = run.scored_model()
+            run.recalibrate(scored)
+            pred = predict(scored, val_arr.images, run.channels, cfg.eval_batch_size, run.device)
             val_acc = 100.0 * float((pred == val_arr.labels).double().mean())
-            run.end_epoch()
             row = {
                 "epoch": epoch,
                 "train_loss": stats.loss,
@@ -348,14 +441,14 @@ def fit(
                 "cpu_seconds": time.process_time() - c0,
             }
             run.history.append(row)
-            best.update(epoch, val_acc, pred, model)
+            best.update(epoch, val_acc, pred, scored)
             bar.end_epoch(row)
             if on_epoch is not None:
                 on_epoch(epoch, val_acc, dict(row))
             if cfg.patience and best.stale >= cfg.patience and epoch < cfg.epochs:
                 reason = (
                     f"early stop after epoch {epoch}: no better validation accuracy for "
-                    f"{cfg.patience} epochs (best {best.accuracy:.2f} % at epoch {best.epoch})"
+                    f"{cfg.patience} epochs (best {best.top:.2f} % at epoch {best.top_epoch})"
                 )
                 break
     return _result(run, best, val_arr, test, status, reason, started)
@@ -369,8 +462,58 @@ class _EpochStats:
     failure: str = ""  # why training stopped (a NaN or infinite loss), "" if it did not
 
 
+def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The learning rate of 0-based optimizer step ``step``: linear warm-up from zero over
+    ``warmup_epochs``, then constant, or (``cosine``) cosine decay to zero at the last step."""
+    total = cfg.epochs * steps_per_epoch
+    warm = cfg.warmup_epochs * steps_per_epoch
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    if not cfg.cosine:
+        return cfg.lr
+    t = (step - warm) / max(1.0, total - warm)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+class _Averaged:
+    """An exponential moving average of a model's weights and buffers (batch-norm statistics
+    included), with the usual early ramp: decay ``min(ema, (1 + t) / (10 + t))`` at step ``t``."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        import copy
+
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.steps = 0
+        self._floats: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+        self._others: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.steps += 1
+        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        if self._floats is None:  # the tensors of both state dicts, paired once
+            mine, theirs = self.model.state_dict(), model.state_dict()
+            pairs = [(mine[k], v) for k, v in theirs.items()]
+            self._floats = (
+                [a for a, b in pairs if b.dtype.is_floating_point],
+                [b for a, b in pairs if b.dtype.is_floating_point],
+            )
+            self._others = (
+                [a for a, b in pairs if not b.dtype.is_floating_point],
+                [b for a, b in pairs if not b.dtype.is_floating_point],
+            )
+        ema, live = self._floats
+        torch._foreach_mul_(ema, d)
+        torch._foreach_add_(ema, live, alpha=1 - d)
+        for a, b in zip(*self._others):
+            a.copy_(b)
+
+
 class _Run:
-    """One training run's state: device, optimizer, schedule, generator and history."""
+    """One training run's state: device, optimizer, schedule, averaged weights, generator, history."""
 
     def __init__(self, model: nn.Module, train_arr: SplitArrays, cfg: TrainConfig) -> None:
         self.model, self.train_arr, self.cfg = model, train_arr, cfg
@@ -383,13 +526,34 @@ class _Run:
         if not params:
             raise ValueError("the model has no trainable parameters")
         self.opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        self.sched = (
-            torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=cfg.epochs) if cfg.cosine else None
-        )
+        self.averaged = _Averaged(model, cfg.ema) if cfg.ema > 0 else None
+        self._bn_images: torch.Tensor | None = None
+        self.step = 0
         self.history: list[dict[str, Any]] = []
         # .item() syncs a GPU: look at the loss less often there
         self.check_every = 1 if self.device.type == "cpu" else 20
         self.acc_dtype = torch.float32 if self.device.type == "mps" else torch.float64  # MPS: no float64
+
+    def recalibrate(self, model: nn.Module) -> None:
+        """Recompute ``model``'s batch-norm statistics on ``recalibrate_bn`` training images spread
+        over the split (unaugmented, the same ones every epoch), if set."""
+        n = min(self.cfg.recalibrate_bn, len(self.train_arr))
+        if n <= 0:
+            return
+        if self._bn_images is None:
+            index = torch.linspace(0, len(self.train_arr) - 1, n).round().long().unique()
+            self._bn_images = self.train_arr.images[index]
+        from evaluators.data.cache import to_float
+
+        batches = (
+            to_float(chunk.to(self.device, non_blocking=True), self.channels)
+            for chunk in self._bn_images.split(self.cfg.eval_batch_size)
+        )
+        recalibrate_batch_norm(model, batches)
+
+    def scored_model(self) -> nn.Module:
+        """The network that is validated and kept: the averaged one with ``ema``, else the model."""
+        return self.averaged.model if self.averaged is not None else self.model
 
     def train_epoch(self, epoch: int, bar: _Progress) -> _EpochStats:
         """One pass over class-balanced batches of the training split."""
@@ -397,11 +561,14 @@ class _Run:
         model.train()
         batches = epoch_batches(arr.labels, cfg.batch_size, cfg.balanced, self.generator)
         bar.start_epoch(epoch, len(batches))
-        lr = float(self.opt.param_groups[0]["lr"])
+        first_lr = learning_rate(cfg, self.step, len(batches))
         loss_sum = torch.zeros((), dtype=self.acc_dtype, device=dev)
         correct = torch.zeros((), dtype=torch.long, device=dev)
         seen = 0
         for step, idx in enumerate(batches, start=1):
+            lr = learning_rate(cfg, self.step, len(batches))
+            for group in self.opt.param_groups:
+                group["lr"] = lr
             x = make_batch(
                 arr,
                 idx,
@@ -415,10 +582,13 @@ class _Run:
             logits = model(x)
             if step == 1 and epoch == 1:
                 _check_outputs(logits)
-            loss = F.cross_entropy(logits, y)
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
+            self.step += 1
+            if self.averaged is not None:
+                self.averaged.update(model)
             loss_sum += loss.detach() * idx.numel()
             correct += (logits.detach().argmax(1) == y).sum()
             seen += idx.numel()
@@ -430,11 +600,7 @@ class _Run:
                         f"(lr {lr:g}); training stopped"
                     )
                 bar.step(step, running)
-        return _EpochStats(float(loss_sum) / seen, 100.0 * int(correct) / seen, lr)
-
-    def end_epoch(self) -> None:
-        if self.sched is not None:
-            self.sched.step()
+        return _EpochStats(float(loss_sum) / seen, 100.0 * int(correct) / seen, first_lr)
 
 
 def _check_outputs(logits: torch.Tensor) -> None:
@@ -447,20 +613,27 @@ def _check_outputs(logits: torch.Tensor) -> None:
 
 @dataclass
 class _Best:
-    """The best validation epoch so far: its accuracy, predictions and weights (CPU copies)."""
+    """The kept epoch (the best validation epoch, or with ``keep_last`` the latest) with its
+    accuracy, predictions and weights (CPU copies), and the best accuracy seen for early stopping."""
 
+    keep_last: bool = False
     accuracy: float = -1.0
     epoch: int = 0
-    stale: int = 0
     predictions: torch.Tensor | None = None
     state: dict[str, torch.Tensor] = field(default_factory=dict)
+    top: float = -1.0
+    top_epoch: int = 0
+    stale: int = 0
 
     def update(self, epoch: int, accuracy: float, predictions: torch.Tensor, model: nn.Module) -> None:
-        if accuracy > self.accuracy:
-            self.accuracy, self.epoch, self.stale, self.predictions = accuracy, epoch, 0, predictions
-            self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        better = accuracy > self.top
+        if better:
+            self.top, self.top_epoch, self.stale = accuracy, epoch, 0
         else:
             self.stale += 1
+        if better or self.keep_last:
+            self.accuracy, self.epoch, self.predictions = accuracy, epoch, predictions
+            self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def _result(
@@ -472,7 +645,7 @@ def _result(
     reason: str,
     started: float,
 ) -> TrainResult:
-    """The model holding the best weights, and the metrics of those weights on val (and test)."""
+    """The model holding the kept weights, and the metrics of those weights on val (and test)."""
     cfg, model = run.cfg, run.model
     if best.state:
         model.load_state_dict(best.state)

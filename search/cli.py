@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "search.commands.evaluate",
     "search.commands.run",
     "search.commands.baselines",
+    "search.commands.final",
     "search.commands.report",
     "search.commands.data",
     "search.commands.export",

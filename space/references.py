@@ -8,7 +8,8 @@ calibrated to the published complexity at 512x512x3 and 3 classes:
 * ``ct-l``: 1,399.38 K params and 4.18 G "FLOPs" = 2.09 G MACs (published);
 * ``ct-s``: 447.57 K params and 1.94 G "FLOPs" = 0.97 G MACs (published).
 
-Both lie inside the search space (``space.sampler.to_params`` maps them to trial parameters).
+Both lie inside the default search space, ``prototype`` (``space.sampler.to_params`` maps them to
+trial parameters).
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from space.registry import Registry
-from space.sampler import grouped_groups, se_channels_for
-from space.spec import ArchSpec, BlockSpec, StageSpec, StemSpec
+from space.spec import ArchSpec, BlockSpec, StageSpec, StemSpec, grouped_groups, se_channels_for
 
 REFERENCES: Registry[Callable[[], ArchSpec]] = Registry("reference spec")
 

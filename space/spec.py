@@ -23,6 +23,21 @@ CONV_TYPES = ("dense", "grouped", "depthwise")
 BLOCK_TYPES = ("bottleneck", "basic")
 IN_CHANNELS = (1, 3)
 MAX_CHANNELS = 8192
+MAX_GROUPS = 8
+
+
+def grouped_groups(mid: int) -> int:
+    """Groups of a "grouped" conv over ``mid`` channels in the toolkit's specs: a power of two in
+    [2, 8], about 8 channels a group (``mid`` a multiple of 8 always divides)."""
+    g = 2
+    while g * 2 <= min(MAX_GROUPS, mid // 8):
+        g *= 2
+    return g
+
+
+def se_channels_for(mid: int) -> int:
+    """Hidden width of the squeeze-excitation of a block with ``mid`` bottleneck channels."""
+    return max(8, mid // 4)
 
 
 class SpecError(UserInputError, ValueError):

@@ -110,9 +110,22 @@ class CTDataset:
         }
 
 
+DEFAULT_DATA_ENV = "COVIDNET_NAS_DEFAULT_DATA"
+
+
+def bundled_dir(name: str = "ct-sars") -> Path:
+    """A dataset shipped with the package: ``ct-sars`` (2,481 slices at most 128 px, the default)
+    or ``ct-sars-mini`` (215 of them, for tests); both CC BY-NC-SA 4.0 (see their LICENSE)."""
+    return Path(__file__).resolve().parent / "bundled" / name
+
+
 def default_data_dir() -> Path:
-    """The bundled default dataset (ct-sars-mini, 215 slices, CC BY-NC-SA 4.0)."""
-    return Path(__file__).resolve().parent / "bundled" / "ct-sars-mini"
+    """The data used when no ``--data`` is given: ``$COVIDNET_NAS_DEFAULT_DATA`` if set (a site's
+    own default; the test suite points it at ``ct-sars-mini``), else the bundled ``ct-sars``."""
+    import os
+
+    env = os.environ.get(DEFAULT_DATA_ENV)
+    return Path(env) if env else bundled_dir("ct-sars")
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Any
 
 from evaluators.settings import Setting, parse_count
 from search.console import err_console, print_table
-from search.driver.config import RUN_TRAINING_DEFAULTS, SETTINGS, TRAINING_KEYS, RunConfig, resolve
+from search.driver.config import SETTINGS, TRAINING_KEYS, RunConfig, resolve
 from search.errors import UsageError
 
 
@@ -75,7 +75,7 @@ def given_settings(args: argparse.Namespace, settings: dict[str, Setting]) -> di
 
 def add_run_flags(p: argparse.ArgumentParser, only: set[str] | None = None) -> None:
     """The flags of a search run's settings (``search.driver.config.SETTINGS``)."""
-    add_setting_flags(p, SETTINGS, only, RUN_TRAINING_DEFAULTS)
+    add_setting_flags(p, SETTINGS, only, RunConfig().to_dict())
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -90,7 +90,7 @@ def data_flags(p: argparse.ArgumentParser) -> None:
         action="append",
         metavar="DIR",
         help="a COVIDx-CT-format folder (or one of its train_*.txt to pick a label-file set); "
-        "repeat for several sources; default: the bundled ct-sars-mini",
+        "repeat for several sources; default: the bundled ct-sars (2,481 slices)",
     )
     p.add_argument(
         "--skip-bad", action="store_true", help="skip bad label lines, listing each, instead of failing"

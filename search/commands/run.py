@@ -104,6 +104,14 @@ def run_search(args: argparse.Namespace) -> int:
         f"{len(driver.study.trials)} trials so far, budget {config.trials}",
         soft_wrap=True,
     )
+    t = config.train
+    con.print(
+        f"training: protocol {t.protocol}, {t.epochs} epochs at {t.image_size} px on "
+        f"{', '.join(evaluator.dataset.sources)} ({len(evaluator.dataset.splits['train'])} train / "
+        f"{len(evaluator.dataset.splits['val'])} val images); space {config.space}; "
+        f"majority-class rate on val {_majority(evaluator)} (what a model that learned nothing scores)",
+        soft_wrap=True,
+    )
 
     def on_trial(report: Any) -> None:
         trials = driver.study.get_trials(deepcopy=False)
@@ -138,13 +146,18 @@ def _summary(driver: Any, config: RunConfig, seconds: float) -> None:
         f"{counts['pruned']} pruned, "
         f"{counts['infeasible']} over budget, {counts['fail']} failed"
     )
-    _print_pareto(pareto_trials(driver.study.get_trials(deepcopy=False)))
+    _print_pareto(pareto_trials(driver.study.get_trials(deepcopy=False)), _majority(driver.evaluator))
     where = f"--storage {config.storage_url}" if config.storage else f"--out {config.out}"
     con.print(f"results: {config.out_dir.resolve()} (study {config.study!r})")
     con.print(f"report:  search report {where} --study {config.study}")
 
 
-def _print_pareto(trials: list[Any]) -> None:
+def _majority(evaluator: Any) -> str:
+    rate = (evaluator.data_attrs().get("majority_rate") or {}).get("val")
+    return f"{rate:.1f} %" if rate is not None else "n/a"
+
+
+def _print_pareto(trials: list[Any], majority: str | None = None) -> None:
     if not trials:
         console().print("no completed candidate yet")
         return
@@ -161,8 +174,9 @@ def _print_pareto(trials: list[Any]) -> None:
                 f"{a['netscore']:.1f}",
             ]
         )
+    chance = f"; majority-class rate {majority}" if majority else ""
     print_table(
-        "Pareto set (validation accuracy, params, MACs)",
+        f"Pareto set (validation accuracy, params, MACs{chance})",
         ["trial", "arch_id", "val acc %", "params", "MACs", "NetScore"],
         rows,
     )

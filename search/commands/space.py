@@ -20,14 +20,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(func=run_list)
 
-    q = ssub.add_parser("show", help="per-stage table and totals of a spec")
-    q.add_argument("spec", metavar="NAME|SPEC.json", help="a reference name (ct-l, ct-s) or a spec file")
+    q = ssub.add_parser("show", help="per-stage table and totals of a spec, or a search space's choices")
+    q.add_argument(
+        "spec", nargs="?", metavar="NAME|SPEC.json", help="a reference name (ct-l, ct-s) or a spec file"
+    )
+    q.add_argument(
+        "--space",
+        metavar="NAME",
+        help="instead of a spec: a search space's choices and the params/MACs of random samples",
+    )
+    q.add_argument("--samples", type=int, default=1000, help="random samples of --space (default 1000)")
     _size_flags(q)
     q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(func=run_show)
 
-    q = ssub.add_parser("sample", help="a random valid spec from the search space")
+    q = ssub.add_parser("sample", help="a random valid spec from a search space")
     q.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    q.add_argument(
+        "--space", default="prototype", metavar="NAME", help="the search space (default prototype)"
+    )
     _size_flags(q)
     q.add_argument("--json", action="store_true", help="print the spec as JSON")
     q.set_defaults(func=run_sample)
@@ -137,6 +148,12 @@ def _print_description(d: dict[str, Any]) -> None:
 def run_show(args: argparse.Namespace) -> int:
     from space import load_spec
 
+    if args.space:
+        if args.spec:
+            raise UsageError("give a spec or --space NAME, not both")
+        return _show_space(args)
+    if not args.spec:
+        raise UsageError("give a spec (a reference name such as ct-l, or a spec file) or --space NAME")
     spec = load_spec(args.spec)
     d = describe(spec, check_image_size(args.image_size), args.num_classes)
     if args.json:
@@ -181,9 +198,85 @@ def run_sample(args: argparse.Namespace) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed))
-    spec = sample(study.ask())
+    spec = sample(study.ask(), args.space)
     if args.json:
         print(spec.to_json())
     else:
         _print_description(describe(spec, check_image_size(args.image_size), args.num_classes))
+    return 0
+
+
+def describe_space(
+    name: str, samples: int, image_size: int, num_classes: int, seed: int = 0
+) -> dict[str, Any]:
+    """A space's choices and the distribution of params and MACs over ``samples`` random specs
+    (counted from the specs, ``evaluators.complexity.spec_complexity``), beside CT L's and CT S's."""
+    import numpy as np
+    import optuna
+
+    from evaluators.complexity import spec_complexity
+    from space import contains, get_reference
+    from space.sampler import get_space, sample
+
+    if samples < 1:
+        raise UsageError(f"--samples must be at least 1, got {samples}")
+    space = get_space(name)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    counts = []
+    for _ in range(samples):
+        trial = study.ask()
+        counts.append(spec_complexity(sample(trial, space), image_size, num_classes))
+        study.tell(trial, 0.0)
+    params, macs = (np.array(v, dtype=float) for v in zip(*counts))
+    refs = {}
+    for ref in ("ct-l", "ct-s"):
+        spec = get_reference(ref)
+        p, m = spec_complexity(spec, image_size, num_classes)
+        refs[ref] = {"params": p, "macs": m, "inside": contains(spec, space)}
+    quantiles = (0, 5, 25, 50, 75, 95, 100)
+
+    def dist(v: Any) -> dict[str, float]:
+        return {f"p{q}": float(x) for q, x in zip(quantiles, np.percentile(v, quantiles))}
+
+    return {
+        "space": space.name,
+        "description": space.description,
+        "choices": space.choices(),
+        "samples": samples,
+        "image_size": image_size,
+        "num_classes": num_classes,
+        "params": dist(params),
+        "macs": dist(macs),
+        "references": refs,
+        "below_ct_l": {
+            "macs": float(np.mean(macs < refs["ct-l"]["macs"])),
+            "params": float(np.mean(params < refs["ct-l"]["params"])),
+        },
+    }
+
+
+def _show_space(args: argparse.Namespace) -> int:
+    size = check_image_size(args.image_size)
+    d = describe_space(args.space, args.samples, size, args.num_classes)
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    con = console()
+    con.print(f"search space {d['space']!r}: {d['description']}")
+    print_table("choices", ["parameter", "values"], [[r["label"], r["values"]] for r in d["choices"]])
+    rows = [
+        [what, *(fmt(d[what][f"p{q}"]) for q in (0, 5, 25, 50, 75, 95, 100))]
+        for what, fmt in (("params", lambda v: f"{v / 1e6:.3f} M"), ("macs", lambda v: f"{v / 1e9:.3f} G"))
+    ]
+    print_table(
+        f"{d['samples']} random samples at {size}x{size}x3, {d['num_classes']} classes",
+        ["", "min", "5 %", "25 %", "median", "75 %", "95 %", "max"],
+        rows,
+    )
+    for ref, r in d["references"].items():
+        where = "inside" if r["inside"] else "outside"
+        con.print(f"{ref}: {r['params'] / 1e6:.3f} M params, {r['macs'] / 1e9:.3f} G MACs, {where} the space")
+    b = d["below_ct_l"]
+    con.print(f"samples below CT L: {100 * b['macs']:.1f} % in MACs, {100 * b['params']:.1f} % in params")
     return 0

@@ -89,7 +89,7 @@ def resolve(args: argparse.Namespace) -> tuple[Any, Any]:
     for key, value in values.items():
         parts[known[key].owner][known[key].name] = value
     try:
-        return TrainConfig(**parts[TrainConfig]), CVConfig(**parts[CVConfig])
+        return TrainConfig.resolve(parts[TrainConfig]), CVConfig(**parts[CVConfig])
     except ConfigError as e:
         text = str(e)
         key = text.split(" ", 1)[0]

@@ -23,12 +23,13 @@ from search.errors import UsageError
 
 OBJECTIVES = ("pareto", "netscore")
 SAMPLERS = ("nsga2", "tpe", "random", "gp")
-# What `search run` trains with where the paper's defaults (TrainConfig's) do not fit a search.
-RUN_TRAINING_DEFAULTS: dict[str, Any] = {"epochs": 4, "image_size": 64, "patience": 0}
+# What `search run` trains with unless told otherwise: the proxy protocol (a few epochs that rank
+# architectures, evaluators.training.PROTOCOLS), not the paper's 20 epochs at 512 px.
+RUN_TRAINING_DEFAULTS: dict[str, Any] = {"protocol": "proxy"}
 
 
 def _run_training() -> TrainConfig:
-    return TrainConfig(**RUN_TRAINING_DEFAULTS)
+    return TrainConfig.resolve(RUN_TRAINING_DEFAULTS)
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,8 @@ class RunConfig:
     ``storage`` and ``artifacts`` default to ``study.db`` and ``artifacts/`` inside ``out``;
     ``data`` empty means the bundled dataset. ``train`` and ``cv`` are the training and measuring
     settings (their flags are flat: ``--epochs``, ``--cv-folds``); build one from flat settings
-    with ``RunConfig.make(epochs=1, out=...)``.
+    with ``RunConfig.make(epochs=1, out=...)`` (the training settings start from the ``proxy``
+    protocol's preset unless ``protocol`` says otherwise).
     """
 
     # where
@@ -60,6 +62,9 @@ class RunConfig:
         metavar="LOCATION",
     )
     # what is searched and how
+    space: str = setting(
+        "prototype", "the search space: prototype (below CT L, the default) or wide", metavar="NAME"
+    )
     trials: int = setting(12, "total trials of the study, over all workers")
     objective: str = setting("pareto", "pareto (accuracy, params, MACs) or netscore", choices=OBJECTIVES)
     sampler: str | None = setting(
@@ -77,6 +82,18 @@ class RunConfig:
         5.0, "Pareto stopping rule: points a dominating finished trial must lead by"
     )
     skip_bad: bool = setting(False, "skip (and list) bad label lines instead of stopping")
+    inherit: str = setting(
+        "none",
+        "none (every candidate from random weights) or prototype: candidates inherit the trained "
+        "prototype's weights (trial 0, CT L, trained first) and are fine-tuned",
+        choices=("none", "prototype"),
+    )
+    inherit_from: str | None = setting(
+        None,
+        "with --inherit prototype: take the prototype's weights from a weights file (.pt; spec.json "
+        "beside it, else CT L) or STUDY:TRIAL in this storage instead of training trial 0",
+        metavar="FILE|STUDY:N",
+    )
     # distributed workers
     heartbeat: int = setting(30, "seconds between heartbeats of a running trial (a silent one is retried)")
     max_retry: int = setting(2, "retries of a trial whose worker died")
@@ -107,6 +124,14 @@ class RunConfig:
             raise ConfigError(f"prune_margin must be at least 0, got {self.prune_margin}")
         if not self.study:
             raise ConfigError("study must be a non-empty name")
+        if self.inherit_from and self.inherit != "prototype":
+            raise ConfigError("inherit_from needs inherit prototype (--inherit prototype)")
+        from space.sampler import SPACES
+
+        if self.space not in SPACES:
+            raise ConfigError(
+                SPACES.unknown_message(self.space).replace("unknown search space", "space: unknown")
+            )
 
     # ------------------------------------------------------------------ flat settings
     @classmethod
@@ -120,7 +145,7 @@ class RunConfig:
                 raise ConfigError(_unknown(key))
             target = own if s.owner is cls else train if s.owner is TrainConfig else cv
             target[s.name] = value
-        return cls(**own, train=TrainConfig(**train), cv=CVConfig(**cv))
+        return cls(**own, train=TrainConfig.resolve(train), cv=CVConfig(**cv))
 
     def to_dict(self) -> dict[str, Any]:
         """The flat settings (what ``config.yaml`` and the study's ``run_config`` hold)."""

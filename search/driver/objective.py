@@ -10,6 +10,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,17 @@ from evaluators.runs import CVConfig, RunsFailed
 from search.driver.config import RunConfig
 from search.driver.study import CandidateOutcome
 from search.errors import RunFailed
+
+
+def majority_rates(dataset: Any) -> dict[str, float]:
+    """Per split, the accuracy of always answering the most frequent class (percent): the rate a
+    classifier that learned nothing reaches, printed and stored beside every accuracy."""
+    out = {}
+    for split in dataset.splits:
+        counts = dataset.class_counts(split)
+        if sum(counts):
+            out[split] = 100.0 * max(counts) / sum(counts)
+    return out
 
 
 class TrainingEvaluator:
@@ -36,12 +48,16 @@ class TrainingEvaluator:
         *,
         on_epoch_progress: Callable[[int, int, float], None] | None = None,
         cache_dir: str | None = None,
+        read_test: bool = False,
     ) -> None:
         from evaluators.data.covidx import load_dataset
 
         self.config = config
         self.dataset = load_dataset(list(config.data) or None, skip_bad=config.skip_bad)
-        self.train_config = config.train
+        # The test split belongs to the final stage: search trials and proxy baselines are scored on
+        # validation data only, so that nobody picks a candidate by its test accuracy.
+        self.read_test = read_test
+        self.train_config = replace(config.train, evaluate_test=read_test)
         self.cache_dir = cache_dir
         self.on_epoch_progress = on_epoch_progress
         self._tmp = tempfile.TemporaryDirectory(prefix="covidnet-nas-weights-")
@@ -51,6 +67,7 @@ class TrainingEvaluator:
             "data_hash": self.dataset.split_hash,
             "data_sources": list(self.dataset.sources),
             "data_sizes": {k: len(v) for k, v in self.dataset.splits.items()},
+            "majority_rate": majority_rates(self.dataset),
         }
 
     @property
@@ -63,12 +80,31 @@ class TrainingEvaluator:
         runs = self.config.cv.runs
         return self.train_config.epochs if runs == 1 else runs
 
-    def __call__(self, spec: Any, on_epoch: Callable[[int, float], None]) -> CandidateOutcome:
+    def __call__(
+        self, spec: Any, on_epoch: Callable[[int, float], None], parent: Any = None
+    ) -> CandidateOutcome:
+        """Train ``spec`` from random weights, or (``parent``: a ``search.driver.inheritance.Parent``)
+        from the weights ``space.inherit`` maps from it; the mapping's report is stored."""
         from space import build
 
-        return self.evaluate(lambda: build(spec, 3), spec.arch_id, on_epoch)
+        if parent is None:
+            return self.evaluate(lambda: build(spec, 3), spec.arch_id, on_epoch)
+        import copy
 
-    def seeded(self, make: Callable[[], torch.nn.Module], seed: int | None = None) -> torch.nn.Module:
+        from space.inherit import inherit
+
+        child, report = self.seeded(lambda: inherit((parent.spec, parent.state), spec, 3))  # type: ignore[arg-type]
+        outcome = self.evaluate(lambda: copy.deepcopy(child), spec.arch_id, on_epoch)
+        outcome.attrs.update(
+            {
+                "weights_source": parent.source,
+                "inherited_share": report.share,
+                "inheritance": report.to_dict(),
+            }
+        )
+        return outcome
+
+    def seeded(self, make: Callable[[], Any], seed: int | None = None) -> Any:
         """Build a model with the run's seed, so its initial weights do not depend on what ran before."""
         state = torch.random.get_rng_state()
         torch.manual_seed(self.train_config.seed if seed is None else seed)
@@ -115,6 +151,7 @@ class TrainingEvaluator:
                 on_run=on_run,
                 on_epoch=on_epoch,
                 cache_dir=self.cache_dir,
+                test_all=self.read_test,
             )
         except RunsFailed as e:
             raise RunFailed(f"training failed: {e}") from None
@@ -125,6 +162,7 @@ class TrainingEvaluator:
             "val_metrics": result.val.to_dict(),
             "test_metrics": result.test.to_dict() if result.test is not None else None,
             "val_accuracy_uncertainty": result.accuracy.to_dict(),
+            "test_accuracy_uncertainty": result.test_accuracy.to_dict() if result.test_accuracy else None,
             "history": list(first.history),
             "runs": [{k: v for k, v in r.items() if k != "history" or not single} for r in result.runs],
             "cv": result.cv_dict(cv),

@@ -45,18 +45,13 @@ def make_sampler(config: RunConfig, n_objectives: int) -> optuna.samplers.BaseSa
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=config.startup_trials)
     # The space is conditional (a stage's depth decides which block parameters exist), so
     # multivariate TPE models the parameters every trial has jointly and samples the others with
-    # univariate TPE. Optuna would warn about that for every such parameter of every trial; it is
-    # the intended behaviour here, said once in the log instead.
+    # univariate TPE (Optuna >= 4.9 no longer warns about it per parameter); said once in the log.
     logger.info(
         "TPE: block parameters that only some depths have are sampled by univariate TPE "
         "(multivariate over the rest)"
     )
     return optuna.samplers.TPESampler(
-        seed=seed,
-        n_startup_trials=config.startup_trials,
-        multivariate=True,
-        constant_liar=True,
-        warn_independent_sampling=False,
+        seed=seed, n_startup_trials=config.startup_trials, multivariate=True, constant_liar=True
     )
 
 
@@ -101,7 +96,9 @@ def open_study(
             study.set_user_attr("objective", config.objective)
             study.set_user_attr("run_config", config.to_dict())
             study.set_user_attr("kind", KIND_SEARCH)
-            study.enqueue_trial(to_params(get_reference("ct-l")), user_attrs={"origin": "prototype:ct-l"})
+            study.enqueue_trial(
+                to_params(get_reference("ct-l"), config.space), user_attrs={"origin": "prototype:ct-l"}
+            )
             return study, True
     try:
         study = optuna.load_study(study_name=config.study, storage=storage, sampler=sampler, pruner=pruner)
@@ -215,6 +212,9 @@ class _Heartbeat:
             self._thread.join()
 
 
+Heartbeat = _Heartbeat  # for the other drivers that run trials of their own (search final)
+
+
 @dataclass
 class TrialReport:
     number: int
@@ -253,6 +253,9 @@ class SearchDriver:
         self.on_trial = on_trial
         self.poll_seconds = poll_seconds
         self.trained = 0  # candidates handed to the evaluator by this worker
+        from search.driver.inheritance import ParentSource
+
+        self.parents = ParentSource(self.study, config.inherit_from, config.artifacts)
         self.finished: list[TrialReport] = []
 
     # -------------------------------------------------------------- counting and asking
@@ -288,7 +291,7 @@ class SearchDriver:
         from space import build, sample
 
         config = self.config
-        spec = sample(trial)
+        spec = sample(trial, config.space)
         size = config.complexity_size
         prof = profile(build(spec, 3), (spec.stem.in_channels, size, size))
         constraints = (
@@ -331,7 +334,10 @@ class SearchDriver:
                 raise optuna.TrialPruned(f"dominated by a finished candidate at epoch {epoch}")
 
         self.trained += 1
-        outcome = self.evaluator(spec, on_epoch)
+        parent = self._parent_for(trial)
+        outcome = self.evaluator(spec, on_epoch) if parent is None else self.evaluator(spec, on_epoch, parent)
+        if parent is None and config.inherit != "none":
+            trial.set_user_attr("weights_source", "random initialisation (the prototype)")
         ns = netscore(max(outcome.val_accuracy, 1e-3), prof.params, prof.macs)
         for key, value in outcome.attrs.items():
             trial.set_user_attr(key, value)
@@ -342,6 +348,17 @@ class SearchDriver:
             trial.set_user_attr("weights_artifact_id", self.upload(trial, outcome.weights_file))
         trial.set_user_attr("status", "complete")
         return self._values(outcome.val_accuracy, prof.params, prof.macs, netscore_value=ns)
+
+    def _parent_for(self, trial: Trial) -> Any:
+        """The parent a candidate inherits from (``--inherit prototype``); ``None`` for the prototype
+        itself (trained from random weights, unless ``--inherit-from`` gives its weights) and when
+        inheritance is off."""
+        if self.config.inherit == "none":
+            return None
+        is_proto = str(trial.user_attrs.get("origin", "")).startswith("prototype:")
+        if is_proto and not self.config.inherit_from:
+            return None
+        return self.parents.get()
 
     def _values(self, accuracy: float, params: int, macs: int, *, netscore_value: float) -> list[float]:
         if self.config.objective == "netscore":

@@ -76,3 +76,45 @@ def test_peak_memory_grows_with_the_input() -> None:
     large = profile(model, (3, 64, 64)).peak_activation_bytes
     assert 3.5 < large / small < 4.5
     assert torch.is_grad_enabled()
+
+
+def test_spec_complexity_equals_the_profile_of_built_networks() -> None:
+    import optuna
+
+    from evaluators.complexity import spec_complexity
+    from space import build, get_reference, sample
+    from space.spec import ArchSpec, BlockSpec, StageSpec, StemSpec
+
+    specs = [get_reference("ct-l"), get_reference("ct-s")]
+    specs += [sample(optuna.trial.FixedTrial(p)) for p in _random_params(40)]
+    # basic blocks, depthwise and grouped, SE, no pool, stride-1 stem, one input channel
+    specs.append(
+        ArchSpec(
+            stem=StemSpec(out_channels=16, kernel_size=3, stride=1, pool=False, in_channels=1),
+            stages=(
+                StageSpec((BlockSpec(16, 16, type="basic", conv="depthwise", se_channels=8),)),
+                StageSpec(
+                    (BlockSpec(32, 32, type="basic", stride=2, conv="grouped", groups=4, kernel_size=5),)
+                ),
+            ),
+        )
+    )
+    for spec in specs:
+        for size, classes in ((64, 3), (96, 2)):
+            prof = profile(build(spec, classes), (spec.stem.in_channels, size, size), memory=False)
+            assert spec_complexity(spec, size, classes) == (prof.params, prof.macs), spec.arch_id
+
+
+def _random_params(n: int) -> list[dict]:
+    import optuna
+
+    from space import sample
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=11))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        sample(trial)
+        out.append(trial.params)
+        study.tell(trial, 0.0)
+    return out

@@ -285,3 +285,28 @@ def test_shared_datasets_load_cleanly(name: str, counts: tuple[int, int, int]) -
     d = load_dataset([shared_dataset(name)])
     assert tuple(len(d.splits[s]) for s in ("train", "val", "test")) == counts
     assert d.skipped == () and d.class_counts("train")[1] == 0
+
+
+def test_the_package_default_is_the_full_bundled_ct_sars(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without $COVIDNET_NAS_DEFAULT_DATA (the suite sets it to the mini set), users get all of
+    ct-sars, licence and patient groups included."""
+    from evaluators.data.covidx import DEFAULT_DATA_ENV, bundled_dir
+
+    monkeypatch.delenv(DEFAULT_DATA_ENV, raising=False)
+    root = default_data_dir()
+    assert root == bundled_dir("ct-sars")
+    d = load_dataset()
+    assert {k: len(v) for k, v in d.splits.items()} == {"train": 1746, "val": 369, "test": 366}
+    assert d.class_counts("val") == (184, 0, 185)
+    for name in ("LICENSE", "CITATION.cff", "README.md", "groups.csv", "patients.csv"):
+        assert (root / name).is_file(), name
+    assert "CC BY-NC-SA 4.0" in (root / "LICENSE").read_text()
+    with (root / "groups.csv").open() as f:
+        split_of_group: dict[str, set[str]] = {}
+        for r in csv.DictReader(f):
+            split_of_group.setdefault(f"{r['class']}/{r['group']}", set()).add(r["split"])
+    assert all(len(s) == 1 for s in split_of_group.values())  # group-disjoint splits
+    from PIL import Image
+
+    sizes = [Image.open(p).size for p in sorted((root / "images").iterdir())[:50]]
+    assert max(max(s) for s in sizes) <= 128

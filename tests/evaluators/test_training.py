@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 from pathlib import Path
@@ -369,3 +370,96 @@ def test_recalibrate_batch_norm_sets_exact_statistics_and_restores_mode() -> Non
     before = bn.running_mean.clone()
     assert recalibrate_batch_norm(model, []) == 0
     assert torch.equal(bn.running_mean, before)
+
+
+# --- protocols: the training loop learns, the schedule and the averaging are what they say -------
+def _separable(root: Path, n: dict[str, int]) -> CTDataset:
+    """Two classes anyone can tell apart: dark slices with noise (Normal) and bright ones (COVID-19)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    for split, count in n.items():
+        lines = []
+        for i in range(count):
+            label = 2 * (i % 2)
+            level = 200 if label else 50
+            img = np.clip(rng.normal(level, 25, (40, 40)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(root / "images" / f"{split}{i}.png")
+            lines.append(f"{split}{i}.png {label} 0 0 40 40\n")
+        (root / f"{split}.txt").write_text("".join(lines))
+    return load_dataset([root])
+
+
+@pytest.mark.parametrize("protocol", ["paper", "proxy"])
+def test_training_learns_a_separable_set_in_three_epochs(protocol: str, tmp_path: Path) -> None:
+    """A training loop that does not step (or steps the wrong way) fails this under either preset."""
+    ds = _separable(tmp_path / "sep", {"train": 192, "val": 48, "test": 48})
+    cfg = TrainConfig.resolve({"protocol": protocol, "epochs": 3, "image_size": 32, "device": "cpu"})
+    assert cfg.protocol == protocol and cfg.epochs == 3
+    before = train(
+        tiny_model(),
+        ds,
+        cfg.__class__.resolve({**cfg.to_dict(), "lr": 1e-12}),
+        cache_dir=tmp_path / "c",
+        progress=False,
+    )
+    r = train(tiny_model(), ds, cfg, cache_dir=tmp_path / "c", progress=False)
+    assert r.ok and r.val is not None and r.val.accuracy >= 95.0, r.history
+    assert before.val is not None and before.val.accuracy < 80.0  # the same loop without learning
+
+
+def test_presets_resolve_and_explicit_settings_win() -> None:
+    from evaluators.training import PROTOCOLS
+
+    paper = TrainConfig.resolve({"protocol": "paper"})
+    assert paper == TrainConfig()  # the paper's protocol is TrainConfig's defaults
+    proxy = TrainConfig.resolve({"protocol": "proxy", "epochs": 7})
+    assert proxy.epochs == 7 and proxy.lr == PROTOCOLS["proxy"]["lr"] and proxy.keep == "last"
+    assert TrainConfig.from_dict({"protocol": "proxy", "lr": "1e-3"}).lr == 1e-3
+    with pytest.raises(ValueError, match="protocol must be one of paper, proxy, final"):
+        TrainConfig.resolve({"protocol": "fast"})
+
+
+def test_learning_rate_warms_up_then_decays_to_zero() -> None:
+    from evaluators.training import learning_rate
+
+    cfg = TrainConfig(lr=0.1, epochs=2, warmup_epochs=0.5, cosine=True)
+    lrs = [learning_rate(cfg, step, 10) for step in range(20)]
+    assert lrs[:5] == pytest.approx([0.02, 0.04, 0.06, 0.08, 0.1])  # linear from zero over 5 steps
+    assert lrs[5] == pytest.approx(0.1) and all(a > b for a, b in itertools.pairwise(lrs[5:]))
+    assert learning_rate(cfg, 20, 10) == pytest.approx(0.0, abs=1e-12)  # the end of the run
+    flat = TrainConfig(lr=0.1, epochs=2)
+    assert {learning_rate(flat, s, 10) for s in range(20)} == {0.1}
+
+
+def test_averaged_weights_follow_the_ema_formula() -> None:
+    from evaluators.training import _Averaged
+
+    model = nn.Sequential(nn.Linear(2, 1), nn.BatchNorm1d(1))
+    nn.init.zeros_(model[0].weight)
+    avg = _Averaged(model, decay=0.5)
+    expected = torch.zeros(1, 2)
+    for t in range(1, 4):
+        with torch.no_grad():
+            model[0].weight.fill_(float(t))
+        model[1].num_batches_tracked += 1
+        avg.update(model)
+        d = min(0.5, (1 + t) / (10 + t))
+        expected = d * expected + (1 - d) * t
+        assert torch.allclose(avg.model[0].weight, expected)
+    assert avg.model[1].num_batches_tracked == 3  # integer buffers are copied, not averaged
+
+
+def test_keep_last_scores_the_last_epoch_and_best_the_best(tmp_path: Path) -> None:
+    ds = _separable(tmp_path / "sep", {"train": 64, "val": 32, "test": 32})
+    base = {"epochs": 3, "image_size": 32, "device": "cpu", "patience": 0, "lr": 0.05}
+    last = train(tiny_model(), ds, TrainConfig(**base, keep="last"), cache_dir=tmp_path / "c", progress=False)
+    best = train(tiny_model(), ds, TrainConfig(**base, keep="best"), cache_dir=tmp_path / "c", progress=False)
+    curve = [h["val_accuracy"] for h in best.history]
+    assert [h["val_accuracy"] for h in last.history] == curve  # the same run, scored two ways
+    assert last.best_epoch == 3 and last.val is not None and last.val.accuracy == curve[-1]
+    assert (
+        best.val is not None and best.val.accuracy == max(curve) and curve[best.best_epoch - 1] == max(curve)
+    )

@@ -57,3 +57,35 @@ def test_debug_shows_the_traceback() -> None:
         [sys.executable, "-m", "search", "--debug", "space", "show", "ct-m"], capture_output=True, text=True
     )
     assert r.returncode == 2 and "Traceback" in r.stderr
+
+
+def test_space_show_prints_the_choices_and_the_sampled_complexity() -> None:
+    import json
+
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "search",
+            "space",
+            "show",
+            "--space",
+            "prototype",
+            "--json",
+            "--samples",
+            "300",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["space"] == "prototype" and d["samples"] == 300 and d["references"]["ct-l"]["inside"]
+    assert d["macs"]["p50"] <= d["references"]["ct-l"]["macs"] / 2
+    assert d["macs"]["p0"] <= d["macs"]["p50"] <= d["macs"]["p100"]
+    labels = [c["label"] for c in d["choices"]]
+    assert labels[:3] == ["stem_width", "s1_depth", "s1_width"]
+    r = subprocess.run(
+        [sys.executable, "-m", "search", "space", "show", "--space", "wider"], capture_output=True, text=True
+    )
+    assert r.returncode == 2 and "unknown search space 'wider'; did you mean 'wide'?" in r.stderr

@@ -54,7 +54,7 @@ def _config(tmp_path: Any, **kw: Any) -> RunConfig:
 def test_tpe_finds_the_known_optimum_of_a_toy_objective(tmp_path: Any) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     ev = ToyEvaluator()
-    cfg = _config(tmp_path, objective="netscore", trials=45, startup_trials=10, seed=3)
+    cfg = _config(tmp_path, objective="netscore", trials=45, startup_trials=10, seed=3, space="wide")
     driver = SearchDriver(cfg, ev)
     driver.run()
     best = driver.study.best_trial

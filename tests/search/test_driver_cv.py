@@ -4,6 +4,7 @@ the driver stores the uncertainty, and one fold and one seed are exactly the pla
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -136,12 +137,13 @@ def test_search_run_with_one_fold_and_one_seed_stores_the_plain_evaluation(
     a = trial.user_attrs
     assert a["origin"] == "prototype:ct-l" and a["status"] == "complete"
 
-    cfg = RunConfig.make(epochs=1, image_size=32, complexity_size=64).train
+    cfg = replace(RunConfig.make(epochs=1, image_size=32, complexity_size=64).train, evaluate_test=False)
     torch.manual_seed(cfg.seed)
     plain = train(build(get_reference("ct-l"), 3), load_dataset(), cfg, progress=False)
-    assert plain.val is not None and plain.test is not None
+    assert plain.val is not None and plain.test is None
     assert a["val_accuracy"] == plain.val.accuracy
-    assert a["val_metrics"] == plain.val.to_dict() and a["test_metrics"] == plain.test.to_dict()
+    # a search trial keeps the test split for the final stage
+    assert a["val_metrics"] == plain.val.to_dict() and a["test_metrics"] is None
     untimed = [{k: v for k, v in h.items() if "seconds" not in k} for h in plain.history]
     assert [{k: v for k, v in h.items() if "seconds" not in k} for h in a["history"]] == untimed
     u = a["val_accuracy_uncertainty"]

@@ -33,7 +33,14 @@ def _flags(p: argparse.ArgumentParser) -> set[str]:
 def _other_value(s: object) -> object:
     """A valid value of setting ``s`` that differs from its default."""
     key, default = s.key, s.default  # type: ignore[attr-defined]
-    special = {"device": "cpu", "patient_regex": r"^(\w+)-", "patients": "p.csv", "image_size": 96}
+    special = {
+        "device": "cpu",
+        "patient_regex": r"^(\w+)-",
+        "patients": "p.csv",
+        "image_size": 96,
+        "protocol": "final",
+        "keep": "last",
+    }
     if key in special:
         return special[key]
     if isinstance(default, bool):

@@ -99,3 +99,55 @@ def test_spec_of_reads_pruned_channel_counts() -> None:
     spec = get_reference("ct-s")
     model = build(spec)
     assert spec_of(model) == spec
+
+
+# --- named spaces --------------------------------------------------------------------------------
+def _samples(space: str, n: int, seed: int = 0) -> list[ArchSpec]:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        out.append(sample(trial, space))
+        study.tell(trial, 0.0)
+    return out
+
+
+def test_spaces_are_registered_and_the_default_lies_below_the_prototype() -> None:
+    from space.sampler import DEFAULT_SPACE, SPACES, get_space
+
+    assert DEFAULT_SPACE == "prototype" and set(SPACES.names()) >= {"prototype", "wide"}
+    ct_l = get_reference("ct-l")
+    assert contains(ct_l, "prototype") and contains(ct_l, "wide") and contains(get_reference("ct-s"))
+    sp = get_space("prototype")
+    for s, stage in enumerate(ct_l.stages):  # the prototype's values are the tops of the ranges
+        assert sp.depth[s].high == len(stage.blocks) and sp.width[s].high == stage.out_channels
+        assert sp.mid[s].high == max(b.mid_channels for b in stage.blocks)
+        assert sp.width[s].low <= stage.out_channels / 4 + sp.width[s].step
+    for spec in _samples("prototype", 300):
+        assert spec.stem.out_channels <= ct_l.stem.out_channels
+        for stage, proto in zip(spec.stages, ct_l.stages):
+            assert len(stage.blocks) <= len(proto.blocks) and stage.out_channels <= proto.out_channels
+            assert max(b.mid_channels for b in stage.blocks) <= max(b.mid_channels for b in proto.blocks)
+    with pytest.raises(KeyError, match="unknown search space 'tiny'"):
+        get_space("tiny")
+
+
+def test_median_macs_of_the_default_space_is_at_most_half_of_ct_l() -> None:
+    import statistics
+
+    from evaluators.complexity import spec_complexity
+
+    ct_l = spec_complexity(get_reference("ct-l"), 512)[1]
+    default = [spec_complexity(s, 512)[1] for s in _samples("prototype", 1000)]
+    wide = [spec_complexity(s, 512)[1] for s in _samples("wide", 1000)]
+    assert statistics.median(default) <= ct_l / 2
+    assert statistics.median(wide) > ct_l  # the first space lay above the prototype
+
+
+def test_a_spec_outside_a_space_is_named() -> None:
+    wide_only = _samples("wide", 50)
+    outside = next(s for s in wide_only if not contains(s, "prototype"))
+    with pytest.raises(NotInSpaceError, match="outside the search space 'prototype'"):
+        to_params(outside, "prototype")
+    assert sample(FixedTrial(to_params(outside, "wide")), "wide") == outside

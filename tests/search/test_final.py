@@ -1,0 +1,100 @@
+"""``search final``: the chosen candidates, CT L, CT S and the baselines retrained into <study>:final."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from search.cli import main
+
+FAST = ["--image-size", "32", "--batch-size", "16"]
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("final") / "run"
+    argv = [
+        "--quiet",
+        "run",
+        "--out",
+        str(out),
+        "--trials",
+        "4",
+        "--epochs",
+        "1",
+        "--seed",
+        "1",
+        "--complexity-size",
+        "64",
+        *FAST,
+    ]
+    assert main(argv) == 0
+    return out
+
+
+def _final(out: Path, *extra: str) -> int:
+    argv = ["--quiet", "final", "--out", str(out), "--epochs", "1", "--repeats", "2", *FAST, *extra]
+    return main(argv)
+
+
+def test_search_trials_keep_the_test_split_for_the_final_stage(searched: Path) -> None:
+    study = optuna.load_study(study_name="covidnet-ct", storage=f"sqlite:///{searched / 'study.db'}")
+    done = [t for t in study.trials if t.user_attrs.get("status") == "complete"]
+    assert done and all(t.user_attrs["test_metrics"] is None for t in done)
+    assert all(t.user_attrs["train_config"]["evaluate_test"] is False for t in done)
+    assert all(t.user_attrs["val_metrics"]["accuracy"] == t.user_attrs["val_accuracy"] for t in done)
+    assert 45 < study.user_attrs["data"]["majority_rate"]["val"] < 65  # the mini set's larger class
+
+
+def test_final_trains_candidates_references_and_baselines_and_resumes(
+    searched: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{searched / 'study.db'}"
+    assert _final(searched, "--top", "2", "--baselines", "mobilenet_v2") == 0
+    out = capsys.readouterr().out
+    assert "majority-class rate" in out and "CT L" in out and "MobileNetV2" in out
+    search = optuna.load_study(study_name="covidnet-ct", storage=url)
+    final = optuna.load_study(study_name="covidnet-ct:final", storage=url)
+    assert final.user_attrs["kind"] == "final" and final.user_attrs["search_study"] == "covidnet-ct"
+    assert (
+        final.user_attrs["final_config"]["epochs"] == 1 and final.user_attrs["final_config"]["repeats"] == 2
+    )
+    rows = [t for t in final.trials if t.state.name == "COMPLETE"]
+    roles = sorted(t.user_attrs["role"] for t in rows)
+    assert roles == ["baseline", "candidate", "candidate", "prototype", "reference"]
+    by_number = {t.number: t for t in search.trials}
+    top2 = sorted(
+        (t for t in search.trials if t.user_attrs.get("status") == "complete" and t.number != 0),
+        key=lambda t: -t.user_attrs["netscore"],
+    )[:2]
+    for t in rows:
+        a = t.user_attrs
+        assert a["final_split"] == "test" and len(a["runs"]) == 2
+        assert all(r["test_accuracy"] is not None for r in a["runs"])
+        u = a["final_accuracy_uncertainty"]
+        assert a["final_accuracy"] == pytest.approx(sum(r["test_accuracy"] for r in a["runs"]) / 2)
+        assert u["values"] == [r["test_accuracy"] for r in a["runs"]] and u["ci"] is not None
+        assert t.values == [a["final_accuracy"], a["params"], a["macs"]]
+        if a["role"] in ("candidate", "prototype"):
+            src = by_number[a["source_trial"]]
+            assert a["proxy_val_accuracy"] == src.user_attrs["val_accuracy"]
+            assert a["arch_id"] == src.user_attrs["arch_id"]
+    assert {t.user_attrs["source_trial"] for t in rows if t.user_attrs["role"] == "candidate"} == {
+        t.number for t in top2
+    }
+    # the same command again trains nothing; other final settings are refused with one line
+    assert _final(searched, "--top", "2", "--baselines", "mobilenet_v2") == 0
+    assert "already finalised" in capsys.readouterr().out
+    assert len(optuna.load_study(study_name="covidnet-ct:final", storage=url).trials) == len(final.trials)
+    assert _final(searched, "--top", "2", "--epochs", "2") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "epochs 1 -> 2" in err[0]
+
+
+def test_nothing_chosen_is_a_usage_error(searched: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--quiet", "final", "--out", str(searched)]) == 2
+    assert "choose what to finalise" in capsys.readouterr().err
+    assert main(["--quiet", "final", "--out", str(searched), "--trial", "99"]) == 2
+    assert "no trial 99" in capsys.readouterr().err
