@@ -15,7 +15,8 @@ The rules, per part of the network:
   read from it (each normalised to sum 1). Where a residual sum ties channels together (a stage's
   output width, shared by every block of the stage through identity shortcuts) one choice serves
   every tensor of the tie: it is written by the stage's output projections (each block's
-  ``conv3`` and the first block's shortcut) and read by the later blocks' ``conv1`` and by the
+  ``conv3`` and the first block's shortcut, measured by their batch norms' |gamma|, since batch
+  norm divides the conv filters' scale away) and read by the later blocks' ``conv1`` and by the
   next stage's first block (or the linear head). A bottleneck's width (written by ``conv1``, read
   by ``conv3``) applies to ``conv1``'s outputs, ``conv2``'s inputs and outputs and ``conv3``'s
   inputs; the stem's is written by the stem conv and read by the first block. Batch norm is
@@ -321,11 +322,14 @@ def _stage_width(state: dict[str, torch.Tensor], s: int, pst: Any, k: int) -> li
     """The stage's output channels, chosen once for the whole residual tie: written by every
     block's output projection and the first block's shortcut, read by the later blocks, the next
     stage's first block or the head."""
+    # Each producer is a conv followed by batch norm, which divides its filters' scale away: what
+    # a producer writes into the stream is measured by the batch norm's |gamma| (network slimming's
+    # criterion), not by the conv's filter norms.
     written = torch.zeros(pst.out_channels)
     for b in range(len(pst.blocks)):
-        written += _importance(state[f"stages.{s}.{b}.conv3.weight"])
-    if f"stages.{s}.0.shortcut.0.weight" in state:
-        written += _importance(state[f"stages.{s}.0.shortcut.0.weight"])
+        written += state[f"stages.{s}.{b}.bn3.weight"].detach().abs()
+    if f"stages.{s}.0.shortcut.1.weight" in state:
+        written += state[f"stages.{s}.0.shortcut.1.weight"].detach().abs()
     readers = [f"stages.{s}.{b}.conv1.weight" for b in range(1, len(pst.blocks))]
     readers += [f"stages.{s + 1}.0.conv1.weight", f"stages.{s + 1}.0.shortcut.0.weight"]
     read = [_reads(state[r]) for r in readers if r in state]
