@@ -226,6 +226,7 @@ class _Runs:
                 "test_accuracy": res.test.accuracy if res.test is not None else None,
                 "best_epoch": res.best_epoch,
                 "epochs_run": res.epochs_run,
+                "cpu_seconds": sum(float(h.get("cpu_seconds", 0.0)) for h in res.history),
                 "history": res.history,
             }
         )

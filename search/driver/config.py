@@ -77,7 +77,7 @@ class RunConfig:
     complexity_size: int = setting(512, "input size at which params/MACs/NetScore are measured (the paper's)")
     population: int = setting(8, "NSGA-II population size")
     startup_trials: int = setting(4, "random trials before TPE/GP/median pruning kick in")
-    prune_warmup: int = setting(1, "epochs before a trial may be stopped early")
+    prune_warmup: int = setting(2, "epochs (or runs, with folds) before a trial may be stopped early")
     prune_margin: float = setting(
         5.0, "Pareto stopping rule: points a dominating finished trial must lead by"
     )
