@@ -32,39 +32,29 @@ from evaluators.settings import ConfigError, check_bool, check_int, check_number
 EpochCallback = Callable[[int, float, dict[str, Any]], None]
 
 # Named presets of TrainConfig settings (``--protocol``); explicit settings override them.
+# The recipe of the short protocols, chosen by measurement (docs/benchmarks.md, "Training
+# protocols"): a higher learning rate with warm-up and cosine decay to zero, label smoothing, and
+# the last epoch's averaged weights (batch norm recomputed for them) scored instead of the
+# luckiest validation epoch.
+_RECIPE: dict[str, Any] = {
+    "lr": 0.02,
+    "warmup_epochs": 0.5,
+    "cosine": True,
+    "label_smoothing": 0.1,
+    "ema": 0.99,
+    "recalibrate_bn": 512,
+    "keep": "last",
+    "patience": 0,
+}
 PROTOCOLS: dict[str, dict[str, Any]] = {
     # The CT-2 protocol as published: TrainConfig's defaults (SGD 5e-4, batch 8, best validation
     # epoch with early stopping, 512 px).
     "paper": {},
-    # A short run that ranks architectures; chosen by measurement (docs/benchmarks.md, "Training
-    # protocols"): a higher learning rate with warm-up and cosine decay to zero, label smoothing,
-    # and the last epoch's averaged weights scored instead of the luckiest validation epoch.
-    "proxy": {
-        "epochs": 4,
-        "image_size": 64,
-        "lr": 0.02,
-        "warmup_epochs": 0.5,
-        "cosine": True,
-        "label_smoothing": 0.1,
-        "ema": 0.99,
-        "recalibrate_bn": 512,
-        "keep": "last",
-        "patience": 0,
-    },
-    # The proxy's recipe at a fidelity where CT L converges on small CT sets (search final's
-    # default): three times the epochs at twice the image size.
-    "final": {
-        "epochs": 12,
-        "image_size": 128,
-        "lr": 0.02,
-        "warmup_epochs": 0.5,
-        "cosine": True,
-        "label_smoothing": 0.1,
-        "ema": 0.99,
-        "recalibrate_bn": 512,
-        "keep": "last",
-        "patience": 0,
-    },
+    # A short run that ranks architectures (search run's default).
+    "proxy": {**_RECIPE, "epochs": 4, "image_size": 64},
+    # The same recipe where CT L converges on small CT sets (search final's default): three times
+    # the epochs at twice the image size.
+    "final": {**_RECIPE, "epochs": 12, "image_size": 128},
 }
 
 
