@@ -2,9 +2,9 @@
 
 Runs, with the toolkit's own commands (resuming whatever is already done):
 
-1. ``search run`` of ``--trials`` candidates at the proxy fidelity (4 epochs at 64 px), the early
-   stop off (``--prune-warmup`` = epochs) so every trial's whole curve is kept for
-   ``bench_stop_rule.py``;
+1. ``search run`` of ``--trials`` candidates at the proxy fidelity (4 epochs at 64 px) with the
+   default early stop (or, with ``--keep-curves``, the stop off so every trial's whole curve is kept
+   for ``bench_stop_rule.py``);
 2. ``search final`` of the top ``--top`` trials by NetScore and the Pareto members with at most
    CT S's MACs, with CT L, CT S and the paper's four baselines, ``--repeats`` seeds each under the
    ``final`` protocol (12 epochs at 128 px), with ``--workers`` processes sharing the models;
@@ -109,6 +109,16 @@ def main() -> int:
     ap.add_argument("--top", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, default=1, help="final-stage processes sharing the models")
+    ap.add_argument(
+        "--keep-curves",
+        action="store_true",
+        help="early stop off (--prune-warmup = epochs) so every trial's whole curve is kept for "
+        "bench_stop_rule.py (default: the toolkit's default stop rule)",
+    )
+    ap.add_argument(
+        "--no-pareto", action="store_true", help="finalise only the top trials, not the Pareto members"
+    )
+    ap.add_argument("--baselines", default=None, help="passed to search final (default: the four; 'none')")
     ap.add_argument("--skip-training", action="store_true", help="only read the studies")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "search_to_model.json"))
     args = ap.parse_args()
@@ -116,10 +126,15 @@ def main() -> int:
     ct_s_macs = spec_complexity(get_reference("ct-s"), 512)[1]
     if not args.skip_training:
         fidelity_flags = ["--epochs", str(args.epochs), "--image-size", str(args.image_size)]
-        fidelity_flags += ["--prune-warmup", str(args.epochs), "--seed", str(args.seed)]
+        fidelity_flags += ["--seed", str(args.seed)]
+        if args.keep_curves:
+            fidelity_flags += ["--prune-warmup", str(args.epochs)]
         search("run", "--data", args.data, *where, "--trials", str(args.trials), *fidelity_flags)
-        final = ["final", *where, "--top", str(args.top), "--pareto-max-macs", str(ct_s_macs)]
-        final += ["--repeats", str(args.repeats)]
+        final = ["final", *where, "--top", str(args.top), "--repeats", str(args.repeats)]
+        if not args.no_pareto:
+            final += ["--pareto-max-macs", str(ct_s_macs)]
+        if args.baselines is not None:
+            final += ["--baselines", args.baselines]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         workers = [
             subprocess.Popen([sys.executable, "-m", "search", "--quiet", *final], env=env)
