@@ -43,6 +43,9 @@ def main() -> int:
     )
     ap.add_argument("--finetune-epochs", type=int, default=3, help="E': the inherited proxy's epochs")
     ap.add_argument("--final-seeds", nargs="+", type=int, default=[0])
+    ap.add_argument(
+        "--final", default="final", help="the final protocol string (e.g. final:image_size=64 on a busy CPU)"
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "inherit.json"))
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args()
@@ -50,7 +53,7 @@ def main() -> int:
     inherited = f"inherit:proxy:epochs={args.finetune_epochs}"
     argv = [
         "--data", args.data, "--n", str(args.n), "--proxy", scratch, "--proxy", inherited,
-        "--prototype-epochs", str(args.epochs), "--final", "final", "--final-seeds",
+        "--prototype-epochs", str(args.epochs), "--final", args.final, "--final-seeds",
         *map(str, args.final_seeds), "--out", args.out,
     ]  # fmt: skip
     if args.resume:
