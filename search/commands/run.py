@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from search.commands._common import (
@@ -68,6 +72,8 @@ def trial_line(report: Any) -> str:
         return f"{head} {score}  ({report.seconds:.0f} s)"
     if report.status == "pruned":
         return f"{head} {size}  {a.get('prune_reason', '')}  ({report.seconds:.0f} s)"
+    if report.status == "reused":
+        return f"{head} the architecture of trial {a.get('reused_from')}: its stored result reused"
     if report.status == "infeasible":
         return f"{head} {size}  over budget, not trained"
     return f"{head} {a.get('fail_reason', '')}"
@@ -76,6 +82,28 @@ def trial_line(report: Any) -> str:
 def _resume_command() -> str:
     """The command line that resumes this run (the same arguments resume the same study)."""
     return "search " + shlex.join(sys.argv[1:])
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch system or container stopping the job), handled as Ctrl-C is."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into ``Terminated`` while a search runs (main thread only), so the running
+    trial is marked and queued again, as on Ctrl-C, instead of staying RUNNING."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_search(args: argparse.Namespace) -> int:
@@ -89,14 +117,12 @@ def run_search(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     config = config_from_args(args)
     config.out_dir.mkdir(parents=True, exist_ok=True)
-    write_yaml(config, config.out_dir / "config.yaml")
     display = _Display(config.trials, config.train.epochs, bool(args.quiet))
     evaluator = TrainingEvaluator(config, on_epoch_progress=display.epoch)
     store = artifact_store(config.artifacts_dir)
+    # The driver refuses a study of other settings or data before anything is written here.
     driver = SearchDriver(config, evaluator, upload=lambda trial, path: upload_weights(store, trial, path))
-    if driver.created:
-        driver.study.set_user_attr("artifacts", config.artifacts_dir)
-        driver.study.set_user_attr("data", evaluator.data_attrs())
+    write_yaml(config, config.out_dir / "config.yaml")
     con = console()
     verb = "created" if driver.created else "resumed"
     con.print(
@@ -120,18 +146,20 @@ def run_search(args: argparse.Namespace) -> int:
 
     driver.on_trial = on_trial
     start = time.time()
-    with display.progress:
+    with display.progress, _sigterm_as_interrupt():
         try:
             driver.run()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             display.progress.stop()
             counts = driver.counts()
+            how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
             err_console().print(
-                "interrupted: the running trial is marked failed; "
+                f"{how}: the running trial is marked failed and queued again; "
                 f"{counts['complete']} completed trials are kept.\n"
-                f"resume with: {_resume_command()}"
+                f"resume with: {_resume_command()}",
+                soft_wrap=True,
             )
-            return 130
+            return 143 if isinstance(e, Terminated) else 130
     _summary(driver, config, time.time() - start)
     return 0
 

@@ -8,10 +8,13 @@ heartbeats, is marked failed and its parameters are retried by whichever worker 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -32,11 +35,30 @@ OBJECTIVES: dict[str, tuple[list[str], list[str]]] = {
 }
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 KIND_SEARCH = "search"
+PROTOTYPE = "prototype:ct-l"
 
 
-def make_sampler(config: RunConfig, n_objectives: int) -> optuna.samplers.BaseSampler:
+# Settings that decide what one trial's numbers mean: a study mixes no two values of any of them.
+# (The training and measuring settings, ``RunConfig.training_dict()``, plus these of the search.)
+STUDY_SETTINGS = ("space", "complexity_size")
+# Attempts at a fresh sample when the sampler proposes an architecture the study already holds.
+MAX_REDRAWS = 20
+
+
+def worker_seed(seed: int) -> int:
+    """The sampler seed of one worker that joins or resumes a study: derived from the run's
+    ``seed`` and a token of this process, so that workers (and resumes) do not all repeat the same
+    start-up draws. The worker that creates a study uses ``seed`` itself (a fresh single-worker run
+    stays reproducible); the training seed is always the run's."""
+    token = f"{seed}:{os.getpid()}:{time.time_ns()}:{uuid.uuid4().hex}"
+    return int(hashlib.sha256(token.encode()).hexdigest()[:8], 16)
+
+
+def make_sampler(
+    config: RunConfig, n_objectives: int, seed: int | None = None
+) -> optuna.samplers.BaseSampler:
     name = config.sampler_name
-    seed = config.train.seed
+    seed = config.train.seed if seed is None else seed
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "nsga2":
@@ -65,52 +87,124 @@ def make_pruner(config: RunConfig) -> optuna.pruners.BasePruner:
 
 
 def open_study(
-    config: RunConfig, storage: BaseStorage | None = None, *, create: bool = True
+    config: RunConfig,
+    storage: BaseStorage | None = None,
+    *,
+    create: bool = True,
+    data: dict[str, Any] | None = None,
+    join_seed: int | None = None,
 ) -> tuple[optuna.Study, bool]:
-    """Load the configured study, or create it (enqueueing the CT L prototype) when ``create``.
+    """Load the configured study, or create it when ``create``.
+
+    Creating the study and setting its attrs happen under the study lock, so a second worker never
+    sees a half-made study; the CT L prototype is enqueued by the driver before each ask until it
+    has finished (``SearchDriver._ensure_prototype``).
+
+    Args:
+        data: the run's data description (``TrainingEvaluator.data_attrs()``); stored at creation
+            and compared on resume (its ``data_hash``).
+        join_seed: the sampler seed if the study exists already (default ``worker_seed``).
 
     Returns:
         The study and whether this call created it. Of many workers starting together exactly one
-        creates the study (the storage's unique study name decides), so CT L is enqueued once.
-    """
-    from space import get_reference, to_params
+        creates the study (the storage's unique study name decides).
 
+    Raises:
+        UsageError: the study was created with another objective, other training settings or
+            other data: one line naming each difference (old -> new).
+    """
     storage = storage or open_storage(config.storage_url, config.heartbeat, config.max_retry)
     names, directions = OBJECTIVES[config.objective]
-    sampler = make_sampler(config, len(directions))
     pruner = make_pruner(config)
     if create:
-        try:
-            study = optuna.create_study(
-                storage=storage,
-                study_name=config.study,
-                directions=directions,
-                sampler=sampler,
-                pruner=pruner,
-            )
-        except optuna.exceptions.DuplicatedStudyError:
-            pass
-        else:
-            with optuna_quiet():
-                study.set_metric_names(names)
-            study.set_user_attr("objective", config.objective)
-            study.set_user_attr("run_config", config.to_dict())
-            study.set_user_attr("kind", KIND_SEARCH)
-            study.enqueue_trial(
-                to_params(get_reference("ct-l"), config.space), user_attrs={"origin": "prototype:ct-l"}
-            )
-            return study, True
+        with study_lock(storage, config.storage_url, config.study):
+            try:
+                study = optuna.create_study(
+                    storage=storage,
+                    study_name=config.study,
+                    directions=directions,
+                    sampler=make_sampler(config, len(directions)),
+                    pruner=pruner,
+                )
+            except optuna.exceptions.DuplicatedStudyError:
+                pass
+            else:
+                with optuna_quiet():
+                    study.set_metric_names(names)
+                study.set_user_attr("objective", config.objective)
+                study.set_user_attr("run_config", config.to_dict())
+                study.set_user_attr("kind", KIND_SEARCH)
+                study.set_user_attr("artifacts", config.artifacts_dir)
+                if data is not None:
+                    study.set_user_attr("data", data)
+                return study, True
+    seed = worker_seed(config.train.seed) if join_seed is None else join_seed
+    sampler = make_sampler(config, len(directions), seed)
     try:
         study = optuna.load_study(study_name=config.study, storage=storage, sampler=sampler, pruner=pruner)
     except KeyError:
         raise UsageError(f"no study named {config.study!r} in {config.storage_url}") from None
+    logger.info("joining study %r with sampler seed %d", config.study, seed)
     stored = study.user_attrs.get("objective")
     if stored and stored != config.objective:
         raise UsageError(
             f"study {config.study!r} was created with --objective {stored}; "
             f"resume it with that objective or pick another --study"
         )
+    check_same_settings(study, config, data)
     return study, False
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def settings_differences(
+    stored: dict[str, Any], config: RunConfig, stored_data: dict[str, Any] | None, data: dict[str, Any] | None
+) -> list[str]:
+    """``"--image-size 32 -> 64"`` for each training setting (and the data hash) in which ``config``
+    differs from a study's stored ``run_config`` (keys the stored copy lacks are not compared)."""
+    new = config.to_dict()
+    out = []
+    for key in (*config.training_dict(), *STUDY_SETTINGS):
+        if key in stored and _norm(stored[key]) != _norm(new.get(key)):
+            out.append(f"{_flag(key)} {_text(stored[key])} -> {_text(new.get(key))}")
+    old_hash = (stored_data or {}).get("data_hash")
+    new_hash = (data or {}).get("data_hash")
+    if old_hash and new_hash and old_hash != new_hash:
+        old_src = ", ".join((stored_data or {}).get("data_sources") or []) or "?"
+        new_src = ", ".join((data or {}).get("data_sources") or []) or "?"
+        out.append(f"--data {old_src} (hash {old_hash}) -> {new_src} (hash {new_hash})")
+    return out
+
+
+def check_same_settings(study: optuna.Study, config: RunConfig, data: dict[str, Any] | None) -> None:
+    """Refuse to add trials to ``study`` under other training settings or other data."""
+    diffs = settings_differences(
+        study.user_attrs.get("run_config") or {}, config, study.user_attrs.get("data"), data
+    )
+    if diffs:
+        raise UsageError(
+            f"study {config.study!r} was run with other settings ({'; '.join(diffs)}): its trials "
+            "would not be comparable; resume with the study's settings (its run_config), or start "
+            "a new study with --study NEW"
+        )
+
+
+def _norm(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_norm(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) or "none"
+    return "none" if value is None else str(value)
 
 
 # ------------------------------------------------------------------------- candidates
@@ -248,7 +342,11 @@ class SearchDriver:
         self.config = config
         self.evaluator = evaluator
         self.storage = storage or open_storage(config.storage_url, config.heartbeat, config.max_retry)
-        self.study, self.created = open_study(config, self.storage)
+        data_attrs = getattr(evaluator, "data_attrs", None)
+        data = data_attrs() if callable(data_attrs) else None
+        join_seed = worker_seed(config.train.seed)
+        self.study, self.created = open_study(config, self.storage, data=data, join_seed=join_seed)
+        self.sampler_seed = config.train.seed if self.created else join_seed
         self.upload = upload
         self.on_trial = on_trial
         self.poll_seconds = poll_seconds
@@ -265,10 +363,19 @@ class SearchDriver:
         for t in trials:
             out[t.state.name.lower()] += 1
         out["infeasible"] = sum(1 for t in trials if t.user_attrs.get("status") == "infeasible")
+        # Discarded repeats of a trained architecture are not failures of a candidate.
+        out["duplicate"] = sum(1 for t in trials if t.user_attrs.get("status") == "duplicate")
+        out["fail"] -= out["duplicate"]
+        out["reused"] = sum(1 for t in trials if "reused_from" in t.user_attrs)
         return out
 
     def _next_trial(self) -> Trial | None:
-        """Ask for a trial if the budget allows; wait while others' trials may still fail."""
+        """Ask for a trial if the budget allows; wait while others' trials may still fail.
+
+        Under the study lock: the prototype is re-queued if it has not finished, and the trial's
+        architecture is sampled and checked against the study's (``_distinct``), so no two workers
+        train the same ``arch_id``.
+        """
         while True:
             with study_lock(self.storage, self.config.storage_url, self.config.study):
                 with optuna_quiet():
@@ -277,13 +384,103 @@ class SearchDriver:
                 counted = sum(1 for t in trials if t.state in COUNTED)
                 running = sum(1 for t in trials if t.state == TrialState.RUNNING)
                 if counted < self.config.trials:
-                    with optuna_quiet():
-                        return self.study.ask()
+                    self._ensure_prototype(trials)
+                    trial = self._distinct()
+                    if trial is not None:
+                        return trial
+                    continue  # a queued twin took its stored result: count again
             if running == 0:
                 return None
             # The budget is taken, but a running trial of another worker may still fail and be
             # retried; stay until it finishes so that no result is lost.
             time.sleep(self.poll_seconds)
+
+    def _ensure_prototype(self, trials: Sequence[FrozenTrial]) -> None:
+        """Queue the CT L prototype unless one is queued, running or finished (not failed): a
+        prototype lost to a Ctrl-C, a kill or a failure is tried again."""
+        from space import get_reference, to_params
+
+        alive = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+        if any(t.state in alive and t.user_attrs.get("origin") == PROTOTYPE for t in trials):
+            return
+        failed = [t.number for t in trials if t.user_attrs.get("origin") == PROTOTYPE]
+        if failed:
+            logger.warning("the CT L prototype (trial %s) did not finish; queued again", failed[-1])
+        self.study.enqueue_trial(
+            to_params(get_reference("ct-l"), self.config.space), user_attrs={"origin": PROTOTYPE}
+        )
+
+    def _distinct(self) -> Trial | None:
+        """A new trial whose architecture no trial of the study has trained, is training or has
+        queued (by ``arch_id``; called under the study lock).
+
+        A sampled duplicate is discarded (told failed, ``status`` "duplicate", ``duplicate_of``)
+        and a new sample drawn; a queued one (fixed parameters) or one still a duplicate after
+        ``MAX_REDRAWS`` draws reuses the stored result of a finished twin (``reused_from``) and
+        ``None`` is returned (the budget is counted again).
+        """
+        from space import sample
+
+        taken = self._arch_ids()
+        for attempt in range(MAX_REDRAWS + 1):
+            with optuna_quiet():
+                trial = self.study.ask()
+            spec = sample(trial, self.config.space)
+            twin = taken.get(spec.arch_id)
+            trial.set_user_attr("arch_id", spec.arch_id)
+            trial.set_user_attr("sampler_seed", self.sampler_seed)
+            if twin is None:
+                return trial
+            system = self.storage.get_trial_system_attrs(trial._trial_id)
+            queued = "fixed_params" in system or "failed_trial" in system
+            if queued or attempt == MAX_REDRAWS:
+                if twin.state == TrialState.COMPLETE:
+                    self._reuse(trial, twin)
+                    return None
+                return trial  # its twin has not finished: train it (a retried or enqueued trial)
+            trial.set_user_attr("status", "duplicate")
+            trial.set_user_attr("duplicate_of", twin.number)
+            self.study.tell(trial, state=TrialState.FAIL)
+            logger.info(
+                "trial %d repeated trial %d (%s); drawing again", trial.number, twin.number, spec.arch_id
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _arch_ids(self) -> dict[str, FrozenTrial]:
+        """The study's architectures that are finished, running or queued, by ``arch_id``."""
+        from optuna.trial import FixedTrial
+
+        from space import sample
+
+        out: dict[str, FrozenTrial] = {}
+        for t in self.study.get_trials(deepcopy=False):
+            if t.state == TrialState.FAIL:
+                continue
+            arch = t.user_attrs.get("arch_id")
+            if arch is None and t.state == TrialState.WAITING:
+                fixed = t.system_attrs.get("fixed_params")
+                try:
+                    arch = sample(FixedTrial(fixed), self.config.space).arch_id if fixed else None
+                except Exception:  # a queued trial of another space: it is not a twin of any
+                    arch = None
+            if arch is not None and (arch not in out or t.state == TrialState.COMPLETE):
+                out[arch] = t
+        return out
+
+    def _reuse(self, trial: Trial, twin: FrozenTrial) -> None:
+        """Finish ``trial`` with the stored result of its finished twin (no training)."""
+        skip = {"origin", "arch_id", "sampler_seed"}
+        for key, value in twin.user_attrs.items():
+            if key not in skip:
+                trial.set_user_attr(key, value)
+        trial.set_user_attr("reused_from", twin.number)
+        self.study.tell(trial, list(twin.values))
+        logger.info("trial %d is trial %d's architecture: its result is reused", trial.number, twin.number)
+        attrs = self.storage.get_trial(trial._trial_id).user_attrs
+        report = TrialReport(trial.number, "COMPLETE", "reused", attrs, 0.0)
+        self.finished.append(report)
+        if self.on_trial is not None:
+            self.on_trial(report)
 
     # -------------------------------------------------------------- one trial
     def _objective(self, trial: Trial) -> list[float]:
@@ -376,9 +573,10 @@ class SearchDriver:
                 trial.set_user_attr("wall_time_s", time.time() - start)
                 self.study.tell(trial, state=TrialState.PRUNED)
                 state = "PRUNED"
-            except KeyboardInterrupt:
+            except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (``search.commands.run``)
                 trial.set_user_attr("status", "interrupted")
                 self.study.tell(trial, state=TrialState.FAIL)
+                self._requeue(trial)
                 raise
             except Exception as e:
                 trial.set_user_attr("status", "failed")
@@ -395,6 +593,15 @@ class SearchDriver:
         return TrialReport(
             trial.number, state, frozen.user_attrs.get("status", ""), frozen.user_attrs, time.time() - start
         )
+
+    def _requeue(self, trial: Trial) -> None:
+        """Queue an interrupted trial's parameters again (its origin kept), so that the next run
+        trains what this one did not finish."""
+        attrs = {"retried_from": trial.number}
+        origin = trial.user_attrs.get("origin")
+        if origin is not None:
+            attrs["origin"] = origin
+        self.study.enqueue_trial(trial.params, user_attrs=attrs)
 
     def run(self) -> list[TrialReport]:
         """Run trials until the study's budget is used; returns this worker's finished trials.
@@ -444,7 +651,14 @@ def _is_bug(e: Exception) -> bool:
 
 
 def complete_candidates(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    return [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("status") == "complete"]
+    """Completed, trained candidates (a trial that reused a twin's result is its twin's copy)."""
+    return [
+        t
+        for t in trials
+        if t.state == TrialState.COMPLETE
+        and t.user_attrs.get("status") == "complete"
+        and "reused_from" not in t.user_attrs
+    ]
 
 
 def best_netscore(trials: Sequence[FrozenTrial]) -> float | None:

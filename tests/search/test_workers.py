@@ -137,7 +137,8 @@ def test_a_worker_killed_mid_trial_is_failed_and_retried(tmp_path: Path) -> None
         "--heartbeat",
         "2",
     ]
-    slow = ["--epochs", "6", "--image-size", "64", "--complexity-size", "64", "--batch-size", "8", "--quiet"]
+    # A resume must train as the study did (other settings are refused), so both runs use these.
+    slow = ["--epochs", "4", "--image-size", "32", "--complexity-size", "64", "--batch-size", "8", "--quiet"]
     worker = _popen(*args, *slow)
     storage = optuna.storages.RDBStorage(url)
     deadline = time.time() + 240
@@ -160,9 +161,7 @@ def test_a_worker_killed_mid_trial_is_failed_and_retried(tmp_path: Path) -> None
     assert killed_number is not None, "the worker never reached a second trial"
     before = {t.number: t.user_attrs.get("arch_id") for t in study.trials if t.state.name == "COMPLETE"}
 
-    r = _search(
-        *args, "--epochs", "1", "--image-size", "32", "--complexity-size", "64", "--quiet", timeout=400
-    )
+    r = _search(*args, *slow, timeout=400)
     assert r.returncode == 0, r.stdout + r.stderr
     study = optuna.load_study(study_name="k", storage=storage)
     states = {t.number: t.state.name for t in study.trials}
@@ -193,7 +192,12 @@ def test_journal_storage_runs_resumes_and_reports_status(tmp_path: Path) -> None
     assert {p["number"] for p in status["pareto"]} <= {0, 1, 2}
 
 
-def test_ctrl_c_marks_the_running_trial_and_prints_the_resume_command(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("sig", "code", "word"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
+def test_ctrl_c_marks_the_running_trial_and_prints_the_resume_command(
+    tmp_path: Path, sig: int, code: int, word: str
+) -> None:
     url = f"sqlite:///{tmp_path / 'i.db'}"
     args = ["run", "--trials", "3", "--storage", url, "--study", "i", "--out", str(tmp_path)]
     worker = _popen(*args, "--epochs", "30", "--image-size", "64", "--complexity-size", "64", "--quiet")
@@ -207,9 +211,12 @@ def test_ctrl_c_marks_the_running_trial_and_prints_the_resume_command(tmp_path: 
             pass
         time.sleep(0.3)
     time.sleep(1.0)  # inside the training loop
-    worker.send_signal(signal.SIGINT)
+    worker.send_signal(sig)
     out = worker.communicate(timeout=60)[0]
-    assert worker.returncode == 130, out
-    assert "interrupted" in out and "resume with: search run --trials 3" in out
+    assert worker.returncode == code, out
+    assert word in out and "resume with: search run --trials 3" in out
     study = optuna.load_study(study_name="i", storage=url)
     assert study.trials[0].state.name == "FAIL" and study.trials[0].user_attrs["status"] == "interrupted"
+    # its parameters wait for the next run (the prototype, CT L, is not lost)
+    waiting = [t for t in study.trials if t.state.name == "WAITING"]
+    assert len(waiting) == 1 and waiting[0].user_attrs["origin"] == "prototype:ct-l"

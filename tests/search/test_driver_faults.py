@@ -1,0 +1,177 @@
+"""The search driver under several workers, resumes and interruptions (cheap stand-in evaluators)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+import pytest
+
+from search.driver import study as study_mod
+from search.driver.config import RunConfig
+from search.driver.study import CandidateOutcome, SearchDriver
+from search.errors import UsageError
+from space import ArchSpec, get_reference
+
+
+class Recorder:
+    """Scores a candidate by its params (no training) and records what it was asked to train."""
+
+    def __init__(self, data_hash: str = "h1", fail_first: BaseException | None = None) -> None:
+        self.seen: list[str] = []
+        self.data_hash = data_hash
+        self.fail_first = fail_first
+
+    def data_attrs(self) -> dict[str, Any]:
+        return {"data_hash": self.data_hash, "data_sources": [f"data-{self.data_hash}"]}
+
+    def __call__(self, spec: ArchSpec, on_epoch: Callable[[int, float], None]) -> CandidateOutcome:
+        self.seen.append(spec.arch_id)
+        if self.fail_first is not None:
+            e, self.fail_first = self.fail_first, None
+            raise e
+        on_epoch(1, 50.0)
+        return CandidateOutcome(val_accuracy=50.0 + len(self.seen) % 7, attrs={})
+
+
+def _config(tmp_path: Any, **kw: Any) -> RunConfig:
+    base: dict[str, Any] = {
+        "out": str(tmp_path),
+        "study": "f",
+        "complexity_size": 64,
+        "trials": 9,
+        "epochs": 1,
+        "heartbeat": 5,
+        "startup_trials": 10,
+    }
+    base.update(kw)
+    return RunConfig.make(**base)
+
+
+def _round_robin(drivers: list[SearchDriver]) -> None:
+    """Workers taking turns, one trial each, as workers started together do."""
+    active = list(drivers)
+    while active:
+        for d in list(active):
+            trial = d._next_trial()
+            if trial is None:
+                active.remove(d)
+            else:
+                d._run_one(trial)
+
+
+def _complete_archs(study: optuna.Study) -> list[str]:
+    return [t.user_attrs["arch_id"] for t in study.trials if t.state.name == "COMPLETE"]
+
+
+def test_workers_joining_one_study_draw_distinct_architectures(tmp_path: Any) -> None:
+    ev = Recorder()
+    drivers = [SearchDriver(_config(tmp_path), ev) for _ in range(3)]
+    assert [d.created for d in drivers] == [True, False, False]
+    assert len({d.sampler_seed for d in drivers}) == 3  # training seed stays the run's: 0
+    assert all(d.config.train.seed == 0 for d in drivers)
+    _round_robin(drivers)
+    archs = _complete_archs(drivers[0].study)
+    assert len(archs) == 9 and len(set(archs)) == 9
+    assert len(ev.seen) == len(set(ev.seen)) == 9  # nothing was trained twice
+    # a resume adds new architectures, not copies
+    again = SearchDriver(_config(tmp_path, trials=12), ev)
+    again.run()
+    archs = _complete_archs(again.study)
+    assert len(archs) == 12 and len(set(archs)) == 12
+
+
+def test_a_repeated_architecture_is_drawn_again_not_trained(tmp_path: Any, monkeypatch: Any) -> None:
+    # Every worker with the run's seed (as before per-worker seeds): their draws repeat.
+    monkeypatch.setattr(study_mod, "worker_seed", lambda seed: seed)
+    ev = Recorder()
+    drivers = [SearchDriver(_config(tmp_path, trials=6), ev) for _ in range(3)]
+    _round_robin(drivers)
+    study = drivers[0].study
+    archs = _complete_archs(study)
+    assert len(archs) == 6 and len(set(archs)) == 6
+    assert len(ev.seen) == len(set(ev.seen))
+    dups = [t for t in study.trials if t.user_attrs.get("status") == "duplicate"]
+    assert dups, "the same seed must have proposed a repeat"
+    for t in dups:
+        twin = study.trials[t.user_attrs["duplicate_of"]]
+        assert twin.user_attrs["arch_id"] == t.user_attrs["arch_id"]
+    counts = drivers[0].counts()
+    assert counts["duplicate"] == len(dups) and counts["fail"] == 0
+
+
+def test_a_queued_twin_of_a_finished_trial_reuses_its_result(tmp_path: Any) -> None:
+    ev = Recorder()
+    driver = SearchDriver(_config(tmp_path, trials=2), ev)
+    driver.run()
+    first = driver.study.trials[1]
+    driver.study.enqueue_trial(first.params)
+    again = SearchDriver(_config(tmp_path, trials=3), ev)
+    again.run()
+    reused = again.study.trials[-1]
+    assert reused.state.name == "COMPLETE" and reused.user_attrs["reused_from"] == first.number
+    assert reused.values == first.values
+    assert len(ev.seen) == 2  # not trained again
+    assert again.counts()["reused"] == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [({"image_size": 32}, "--image-size 64 -> 32"), ({"epochs": 2}, "--epochs 1 -> 2")],
+)
+def test_a_resume_with_other_training_settings_is_refused(tmp_path: Any, change: Any, named: str) -> None:
+    SearchDriver(_config(tmp_path, trials=1, image_size=64), Recorder()).run()
+    with pytest.raises(UsageError, match="--study NEW") as e:
+        SearchDriver(_config(tmp_path, trials=2, **{"image_size": 64, **change}), Recorder())
+    assert named in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_resume_on_other_data_is_refused(tmp_path: Any) -> None:
+    SearchDriver(_config(tmp_path, trials=1), Recorder("aaaa")).run()
+    with pytest.raises(UsageError, match=r"--data data-aaaa \(hash aaaa\) -> data-bbbb \(hash bbbb\)"):
+        SearchDriver(_config(tmp_path, trials=2), Recorder("bbbb"))
+    SearchDriver(_config(tmp_path, trials=2, max_failures=5), Recorder("aaaa")).run()  # same data: fine
+
+
+def test_an_interrupted_prototype_completes_on_resume(tmp_path: Any) -> None:
+    ev = Recorder(fail_first=KeyboardInterrupt())
+    driver = SearchDriver(_config(tmp_path, trials=3), ev)
+    with pytest.raises(KeyboardInterrupt):
+        driver.run()
+    study = driver.study
+    assert study.trials[0].state.name == "FAIL" and study.trials[0].user_attrs["status"] == "interrupted"
+    SearchDriver(_config(tmp_path, trials=3), ev).run()
+    ct_l = get_reference("ct-l").arch_id
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert [t.user_attrs["arch_id"] for t in done].count(ct_l) == 1
+    assert next(t for t in done if t.user_attrs["arch_id"] == ct_l).user_attrs["origin"] == "prototype:ct-l"
+    assert len(done) == 3
+
+
+def test_a_failed_prototype_is_queued_again(tmp_path: Any) -> None:
+    from search.errors import RunFailed
+
+    ev = Recorder(fail_first=RunFailed("no such device"))
+    driver = SearchDriver(_config(tmp_path, trials=3), ev)
+    driver.run()
+    ct_l = get_reference("ct-l").arch_id
+    trials = driver.study.trials
+    assert trials[0].state.name == "FAIL"
+    assert any(t.state.name == "COMPLETE" and t.user_attrs["arch_id"] == ct_l for t in trials[1:])
+
+
+def test_an_interrupted_trial_is_queued_again(tmp_path: Any) -> None:
+    ev = Recorder()
+    driver = SearchDriver(_config(tmp_path, trials=2), ev)
+    driver.run()
+    ev.fail_first = KeyboardInterrupt()
+    more = SearchDriver(_config(tmp_path, trials=3), ev)
+    with pytest.raises(KeyboardInterrupt):
+        more.run()
+    lost = more.study.trials[-2]
+    assert lost.user_attrs["status"] == "interrupted"
+    SearchDriver(_config(tmp_path, trials=3), ev).run()
+    last = more.study.trials[-1]
+    assert last.state.name == "COMPLETE" and last.params == lost.params
+    assert last.user_attrs["retried_from"] == lost.number
