@@ -287,16 +287,22 @@ class _Heartbeat:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> _Heartbeat:
-        if getattr(self._storage, "get_heartbeat_interval", lambda: None)():
-            self._storage.record_heartbeat(self._trial_id)  # type: ignore[attr-defined]
+        if getattr(self._storage, "get_heartbeat_interval", lambda: None)() or _is_journal(self._storage):
+            self._record()
             self._thread = threading.Thread(target=self._beat, daemon=True)
             self._thread.start()
         return self
 
+    def _record(self) -> None:
+        if _is_journal(self._storage):
+            record_journal_heartbeat(self._storage, self._trial_id)
+        else:
+            self._storage.record_heartbeat(self._trial_id)  # type: ignore[attr-defined]
+
     def _beat(self) -> None:
         while not self._stop.wait(self._interval):
             try:
-                self._storage.record_heartbeat(self._trial_id)  # type: ignore[attr-defined]
+                self._record()
             except Exception as e:  # the next beat may reach the storage again; say so meanwhile
                 logger.warning("heartbeat of trial id %s failed: %s", self._trial_id, e)
 
@@ -304,6 +310,57 @@ class _Heartbeat:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+
+
+# Journal storage has no heartbeat of Optuna's: the driver records its own (a trial system attr)
+# and fails, then retries, a running trial silent for two intervals (``fail_stale_journal_trials``).
+HEARTBEAT_ATTR = "covidnet_nas:heartbeat"
+
+
+def _is_journal(storage: BaseStorage) -> bool:
+    from optuna.storages import JournalStorage
+
+    return isinstance(storage, JournalStorage)
+
+
+def record_journal_heartbeat(storage: BaseStorage, trial_id: int) -> None:
+    storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+
+
+def fail_stale_journal_trials(study: optuna.Study, heartbeat: int, max_retry: int) -> list[int]:
+    """Fail the running trials of a journal-storage study whose last heartbeat (or start) is more
+    than two ``heartbeat`` intervals old, and queue their parameters again (up to ``max_retry``
+    times, as Optuna's ``RetryFailedTrialCallback`` does for relational storages).
+
+    Returns:
+        The numbers of the trials failed.
+    """
+    from optuna.storages import RetryFailedTrialCallback
+
+    storage = study._storage
+    if not _is_journal(storage):
+        return []
+    now = time.time()
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        start = t.datetime_start.timestamp() if t.datetime_start else now
+        last = max(float(t.system_attrs.get(HEARTBEAT_ATTR, start)), start)
+        if now - last <= 2 * heartbeat:
+            continue
+        try:
+            if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                failed.append(t)
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed it first
+            pass
+    for t in failed:
+        logger.warning(
+            "trial %d sent no heartbeat for %.0f s (its worker stopped): failed and queued again",
+            t.number,
+            now - float(t.system_attrs.get(HEARTBEAT_ATTR, now)),
+        )
+        with optuna_quiet():
+            RetryFailedTrialCallback(max_retry=max_retry)(study, storage.get_trial(t._trial_id))
+    return [t.number for t in failed]
 
 
 Heartbeat = _Heartbeat  # for the other drivers that run trials of their own (search final)
@@ -380,6 +437,7 @@ class SearchDriver:
             with study_lock(self.storage, self.config.storage_url, self.config.study):
                 with optuna_quiet():
                     optuna.storages.fail_stale_trials(self.study)
+                fail_stale_journal_trials(self.study, self.config.heartbeat, self.config.max_retry)
                 trials = self.study.get_trials(deepcopy=False)
                 counted = sum(1 for t in trials if t.state in COUNTED)
                 running = sum(1 for t in trials if t.state == TrialState.RUNNING)
@@ -425,6 +483,8 @@ class SearchDriver:
         for attempt in range(MAX_REDRAWS + 1):
             with optuna_quiet():
                 trial = self.study.ask()
+            if _is_journal(self.storage):  # alive from the start, before the heartbeat thread
+                record_journal_heartbeat(self.storage, trial._trial_id)
             spec = sample(trial, self.config.space)
             twin = taken.get(spec.arch_id)
             trial.set_user_attr("arch_id", spec.arch_id)

@@ -175,3 +175,26 @@ def test_an_interrupted_trial_is_queued_again(tmp_path: Any) -> None:
     last = more.study.trials[-1]
     assert last.state.name == "COMPLETE" and last.params == lost.params
     assert last.user_attrs["retried_from"] == lost.number
+
+
+def test_a_dead_workers_trial_on_journal_storage_does_not_block_a_rerun(tmp_path: Any) -> None:
+    import threading
+
+    url = f"journal:{tmp_path / 'study.log'}"
+    cfg = _config(tmp_path, trials=2, storage=url, heartbeat=1)
+    ev = Recorder()
+    SearchDriver(cfg.replace(trials=1), ev).run()
+    # A worker that asked for a trial and died: RUNNING, never told, no heartbeat after its start.
+    dead = SearchDriver(cfg, ev)
+    lost = dead._next_trial()
+    assert lost is not None
+    rerun = SearchDriver(cfg, ev, poll_seconds=0.1)
+    worker = threading.Thread(target=rerun.run, daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "the rerun waits for the dead worker's trial"
+    trials = rerun.study.trials
+    assert trials[lost.number].state.name == "FAIL"
+    retried = [t for t in trials if t.number > lost.number and t.params == lost.params]
+    assert retried and retried[0].state.name == "COMPLETE"
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 2
