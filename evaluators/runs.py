@@ -167,6 +167,32 @@ def evaluate_runs(
     return runs.result(config.seed, grouping, [len(f) for f in folds])
 
 
+def check_runs(dataset: CTDataset, config: TrainConfig, cv: CVConfig | None = None) -> None:
+    """Refuse, before any training, what ``evaluate_runs`` would refuse in every run: a device
+    that is not here, a patients file or regex that cannot group the images, more folds than
+    patients. A search calls this before its study is created, so no trial fails for it.
+
+    Raises:
+        ConfigError: the device.
+        DatasetError: the patients file, the regex or the number of folds.
+    """
+    from evaluators.device import resolve_device
+
+    resolve_device(config.device)
+    cv = cv or CVConfig()
+    if cv.folds == 1:
+        return
+    samples = list(dataset.split("train")) + list(dataset.split("val"))
+    patients = None
+    if cv.patients_csv:
+        from evaluators.data.patients import read_patients_csv
+
+        patients = read_patients_csv(cv.patients_csv)
+    dirs = dict(zip(dataset.sources, dataset.dirs))
+    grouping = group_samples(samples, patient_regex=cv.patient_regex, patients=patients, dirs=dirs)
+    make_folds([s.label for s in samples], list(grouping.patients), cv.folds, seed=cv.fold_seed)
+
+
 def _patient_folds(
     dataset: CTDataset, config: TrainConfig, cv: CVConfig, cache_dir: str | Path | None
 ) -> tuple[Grouping, SplitArrays, list[Any]]:

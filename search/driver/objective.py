@@ -19,7 +19,7 @@ import torch
 from evaluators.runs import CVConfig, RunsFailed
 from search.driver.config import RunConfig
 from search.driver.study import CandidateOutcome
-from search.errors import RunFailed
+from search.errors import RunFailed, UsageError
 
 
 def majority_rates(dataset: Any) -> dict[str, float]:
@@ -54,6 +54,7 @@ class TrainingEvaluator:
 
         self.config = config
         self.dataset = load_dataset(list(config.data) or None, skip_bad=config.skip_bad)
+        self.check()
         # The test split belongs to the final stage: search trials and proxy baselines are scored on
         # validation data only, so that nobody picks a candidate by its test accuracy.
         self.read_test = read_test
@@ -61,6 +62,17 @@ class TrainingEvaluator:
         self.cache_dir = cache_dir
         self.on_epoch_progress = on_epoch_progress
         self._tmp = tempfile.TemporaryDirectory(prefix="covidnet-nas-weights-")
+
+    def check(self) -> None:
+        """What would fail every trial (device, folds, patients), refused now: before the study
+        exists, so a bad setting never reaches it (``evaluators.runs.check_runs``)."""
+        from evaluators.runs import check_runs
+        from evaluators.settings import ConfigError
+
+        try:
+            check_runs(self.dataset, self.config.train, self.config.cv)
+        except ConfigError as e:
+            raise UsageError(str(e)) from None
 
     def data_attrs(self) -> dict[str, Any]:
         return {

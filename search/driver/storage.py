@@ -159,7 +159,14 @@ def artifact_store(location: str) -> Any:
         bucket = location[len("s3://") :].split("/", 1)[0]
         return Boto3ArtifactStore(bucket)
     path = Path(location)
-    path.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--artifacts {location}: is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--artifacts {location}: cannot create the folder ({e.strerror or e})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"--artifacts {location}: the folder is not writable")
     return optuna.artifacts.FileSystemArtifactStore(str(path))
 
 

@@ -198,3 +198,54 @@ def test_a_dead_workers_trial_on_journal_storage_does_not_block_a_rerun(tmp_path
     retried = [t for t in trials if t.number > lost.number and t.params == lost.params]
     assert retried and retried[0].state.name == "COMPLETE"
     assert sum(t.state.name == "COMPLETE" for t in trials) == 2
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"cv_folds": 1000}, "--cv-folds 1000 needs at least 1000 patients"),
+        ({"cv_folds": 2, "patients": "/nonexistent/patients.csv"}, "cannot read the patients file"),
+        ({"device": "cuda:7"}, "device 'cuda:7' asked for"),
+    ],
+)
+def test_settings_that_would_fail_every_trial_are_refused_before_the_study(
+    tmp_path: Any, settings: dict[str, Any], message: str
+) -> None:
+    import torch
+
+    from search.driver.objective import TrainingEvaluator
+    from space.errors import UserInputError
+
+    if "device" in settings and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a GPU 7")
+    with pytest.raises(UserInputError, match=message):
+        TrainingEvaluator(_config(tmp_path, **settings))
+
+
+def test_search_run_with_a_device_that_is_not_here_creates_no_study(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    r = subprocess.run(
+        [sys.executable, "-m", "search", "run", "--out", str(tmp_path), "--device", "cuda", "--quiet"],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert r.returncode == 2 and "CUDA is not available" in r.stderr
+    assert not (tmp_path / "study.db").exists() and not (tmp_path / "config.yaml").exists()
+
+
+def test_an_artifact_store_that_is_a_file_is_a_usage_error(tmp_path: Any) -> None:
+    from search.driver.storage import artifact_store
+
+    f = tmp_path / "not-a-folder"
+    f.write_text("x")
+    with pytest.raises(UsageError, match="not-a-folder: is a file, not a folder"):
+        artifact_store(str(f))
+    with pytest.raises(UsageError, match="cannot create the folder"):
+        artifact_store(str(f / "sub"))
