@@ -166,23 +166,15 @@ class ImageError(UserInputError, ValueError):
 
 def load_gray(path: str | Path) -> np.ndarray:
     """A file as an 8-bit grayscale ``(H, W)`` array; ``ImageError`` naming the file otherwise."""
-    from PIL import Image, UnidentifiedImageError
+    from evaluators.data.images import decode_gray
 
     p = Path(path)
     if not p.is_file():
         raise ImageError(f"{p}: no such file")
     try:
-        with Image.open(p) as img:
-            img.load()
-            gray = img.convert("L") if img.mode != "L" else img
-            arr = np.asarray(gray, dtype=np.uint8)
-    except UnidentifiedImageError:
-        raise ImageError(f"{p}: not an image (Pillow cannot identify the format)") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        return decode_gray(p)  # the training rule: 8-bit only, a size limit, never clipped
+    except OSError as e:
         raise ImageError(f"{p}: unreadable image ({e})") from None
-    if arr.ndim != 2 or arr.size == 0:
-        raise ImageError(f"{p}: image has no pixels")
-    return arr
 
 
 def crop_resize(path: str | Path, box: tuple[int, int, int, int], size: int) -> np.ndarray:

@@ -156,9 +156,9 @@ def render(path: Path, box: tuple[int, int, int, int], image_size: int) -> tuple
     """
     from PIL import Image
 
-    with Image.open(path) as img:
-        gray = img.convert("L") if img.mode != "L" else img.copy()
-    arr = np.asarray(gray)
+    from evaluators.data.images import decode_gray
+
+    arr = decode_gray(path)  # the one decoding rule (8-bit only, size limit, named problems)
     h, w = arr.shape
     x0, y0, x1, y1 = box
     if x1 > w or y1 > h:

@@ -209,40 +209,39 @@ def _escapes(filename: str) -> str | None:
 def image_size(path: Path) -> tuple[int, int]:
     """``(width, height)`` of an image from its header; ``OSError`` if it cannot be read.
 
-    A PNG must also end with its IEND chunk, which catches truncated files without decoding.
+    A PNG must also end with its IEND chunk, which catches truncated files without decoding; the
+    size and pixel format must pass ``evaluators.data.images`` (8-bit, at most 8192 x 8192).
     """
-    from PIL import Image, UnidentifiedImageError
+    from evaluators.data.images import open_image
 
-    try:
-        with path.open("rb") as f:
-            head = f.read(8)
-            if head == _PNG_SIGNATURE:
-                f.seek(0, 2)
-                if f.tell() < 12 + 8:
-                    raise OSError("truncated PNG")
-                f.seek(-12, 2)
-                if f.read(12) != _PNG_TRAILER:
-                    raise OSError("truncated PNG (no IEND chunk at the end)")
-            f.seek(0)
-            with Image.open(f) as img:
-                w, h = img.size
-    except UnidentifiedImageError:
-        raise OSError("not an image format Pillow can read") from None
-    except (ValueError, SyntaxError, EOFError) as e:  # Pillow's parsers raise these on bad headers
-        raise OSError(str(e) or type(e).__name__) from None
+    with path.open("rb") as f:
+        head = f.read(8)
+        if head == _PNG_SIGNATURE:
+            f.seek(0, 2)
+            if f.tell() < 12 + 8:
+                raise OSError("truncated PNG")
+            f.seek(-12, 2)
+            if f.read(12) != _PNG_TRAILER:
+                raise OSError("truncated PNG (no IEND chunk at the end)")
+        f.seek(0)
+        with open_image(f) as img:
+            w, h = img.size
     if w < 1 or h < 1:
         raise OSError(f"image has no pixels ({w}x{h})")
     return int(w), int(h)
 
 
-def _image_check(path: Path) -> tuple[int, int] | str:
-    """The image's size, or why it cannot be used."""
+def _image_check(path: Path, decoded: Any = None) -> tuple[int, int] | str:
+    """The image's size, or why it cannot be used (with ``decoded``, an
+    ``evaluators.data.images.DecodeChecks``: its pixel data decodes too)."""
     if not path.is_file():
         return "missing"
     try:
-        return image_size(path)
+        size = image_size(path)
     except OSError as e:
         return str(e.strerror if getattr(e, "strerror", None) else e)
+    problem = decoded.check(path) if decoded is not None else None
+    return problem if problem else size
 
 
 def _parse_line(text: str) -> tuple[str, int, tuple[int, int, int, int]] | str:
@@ -390,8 +389,12 @@ def _load_source(
 
     root = _choose_image_folder(src.dir, src.variant, (p[4][0] for p in parsed))
     paths = [root / p[4][0] for p in parsed]
+    from evaluators.data.images import DecodeChecks
+
+    decoded = DecodeChecks()  # every image decodes once (remembered in the cache folder)
     with ThreadPoolExecutor(max_workers=8) as pool:
-        checks = list(pool.map(_image_check, paths, chunksize=64))
+        checks = list(pool.map(lambda p: _image_check(p, decoded), paths, chunksize=64))
+    decoded.save()
 
     shown_root = shown_dir / root.relative_to(src.dir)
     first_seen: dict[str, str] = {}
