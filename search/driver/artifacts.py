@@ -56,4 +56,19 @@ def load_weights(
             raise UsageError(
                 f"cannot read the weights of trial {trial.number} ({artifact_id}): {e}"
             ) from None
+        where = f"the weights of trial {trial.number} of study {study.study_name!r} (artifact {artifact_id})"
+        return read_weights(path, where)
+
+
+def read_weights(path: str | Path, what: str | None = None) -> Any:
+    """What a weights file holds, by ``torch.load(weights_only=True)`` (no pickle runs): the one
+    place the toolkit reads weights. A file torch cannot load (truncated, not torch's, a pickle
+    that needs code) is a one-line ``UsageError`` naming ``what`` (default: the file) with torch's
+    whole reason, its note on ``weights_only`` included."""
+    try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        text = " ".join(str(e).split())
+        raise UsageError(
+            f"{what or path}: not a weights file torch can load with weights_only=True ({text})"
+        ) from None

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 from optuna.trial import FrozenTrial
 from torch import nn
 
@@ -163,14 +162,12 @@ def read_weights_file(path: str | Path, hint: str = "") -> Any:
     """What a weights file holds (a state dict, or a pruned baseline's checkpoint), loaded with
     ``torch.load(weights_only=True)``: no pickle runs. A missing or unreadable file is a one-line
     ``UsageError`` naming it (``hint`` is appended to "no such weights file")."""
+    from search.driver.artifacts import read_weights
+
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"{p}: no such weights file{hint}")
-    try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        text = " ".join(str(e).split())[:300]
-        raise UsageError(f"{p}: not a weights file torch can load with weights_only=True ({text})") from None
+    return read_weights(p)
 
 
 def load_exported(

@@ -173,7 +173,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, baseline: str, num_class
 
 def load_checkpoint(path: str | Path) -> nn.Module:
     """A pruned baseline from its weights file (``torch.load(weights_only=True)``: no pickle)."""
-    return from_checkpoint(torch.load(str(path), map_location="cpu", weights_only=True))
+    from search.driver.artifacts import read_weights
+
+    return from_checkpoint(read_weights(path))
 
 
 def stored_form(model: nn.Module, baseline: str | None, weights: Path) -> tuple[nn.Module, dict[str, Any]]:

@@ -120,10 +120,16 @@ PRUNED = ("CT L (pruned)", "pruned:trial 0", 79.0, 500_000, 11_000_000, (24, 23)
 
 
 def fill_study(
-    url: str, study_name: str = "t", *, running: bool = True, baselines: bool = True, pruned: bool = True
+    url: str,
+    study_name: str = "t",
+    *,
+    running: bool = True,
+    baselines: bool = True,
+    pruned: bool = True,
+    search_attrs: dict[int, dict] | None = None,
 ) -> optuna.Study:
     """A search study as `search run` leaves it (plus one running trial), its baselines and a pruned
-    model."""
+    model; ``search_attrs`` adds user attrs to search trials by number."""
     study = optuna.create_study(
         storage=url, study_name=study_name, directions=["maximize", "minimize", "minimize"]
     )
@@ -136,6 +142,7 @@ def fill_study(
         attrs.update(_trained_attrs(acc, p, m, ok, 60.0 + i))
         if i == 0:
             attrs["origin"] = "prototype:ct-l"
+        attrs.update((search_attrs or {}).get(i, {}))
         trial = create_trial(
             values=[acc, float(p), float(m)],
             params={"stem_width": 32 + i},
