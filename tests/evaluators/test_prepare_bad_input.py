@@ -316,10 +316,18 @@ def test_overwrite_replaces_only_a_prepared_folder(inputs: PrepareConfig) -> Non
     inputs.out.mkdir()
     (inputs.out / "thesis.docx").write_text("years of work")
     with pytest.raises(
-        PrepareError, match="holds files that search data prepare did not write .no summary.json."
+        PrepareError, match="holds files that search data prepare did not write .no .covidnet-nas-prepared"
     ):
         prepare_dataset(PrepareConfig(**{**inputs.__dict__, "overwrite": True}))
     assert (inputs.out / "thesis.docx").read_text() == "years of work"
+    # a summary.json (any tool's), or a marker of other content, does not make the folder ours
+    (inputs.out / "summary.json").write_text("{}")
+    (inputs.out / ".covidnet-nas-prepared").write_text("mine\n")
+    with pytest.raises(PrepareError, match="did not write"):
+        prepare_dataset(PrepareConfig(**{**inputs.__dict__, "overwrite": True}))
+    assert (inputs.out / "thesis.docx").read_text() == "years of work"
+    for f in ("summary.json", ".covidnet-nas-prepared"):
+        (inputs.out / f).unlink()
     (inputs.out / "thesis.docx").unlink()
     prepare_dataset(inputs)  # an empty folder is fine
     assert (inputs.out / "train.txt").is_file()

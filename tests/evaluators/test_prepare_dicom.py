@@ -59,6 +59,7 @@ def prepared(dicom_inputs: tuple[Path, Path], tmp_path_factory: pytest.TempPathF
 
 def test_layout_and_strict_format(prepared: Path) -> None:
     assert sorted(p.name for p in prepared.iterdir()) == [
+        ".covidnet-nas-prepared",
         "images",
         "summary.json",
         "test.txt",
@@ -198,7 +199,8 @@ def test_flipped_in_plane_orientation_gives_the_same_image(tmp_path: Path) -> No
     labels = write_labels(tmp_path / "labels.csv", "patient,class\nA,0\nB,1\nC,2")
     out = tmp_path / "out"
     prepare_dataset(PrepareConfig(scans=scans, labels=labels, out=out, split=(1, 0, 0)))
-    assert sorted(p.name for p in out.iterdir()) == ["images", "summary.json", "train.txt"]
+    names = [".covidnet-nas-prepared", "images", "summary.json", "train.txt"]
+    assert sorted(p.name for p in out.iterdir()) == names
     for i in range(2):
         a = png(out, f"A_0_{i:04d}.png")
         assert np.array_equal(a, png(out, f"B_0_{i:04d}.png"))

@@ -14,7 +14,7 @@ All input is checked before any pixel is read; bad input stops the run with a me
 every bad file, scan and labels line, unless ``skip_bad`` is set, in which case it is left out and
 listed in the summary. Output is written to a hidden temporary folder beside ``out`` and renamed at
 the end: a failed run leaves ``out`` as it was. An existing ``out`` is replaced only with
-``overwrite``, and only if this module made it (it holds ``summary.json``).
+``overwrite``, and only if this module made it (it holds its marker file ``.covidnet-nas-prepared``).
 """
 
 from __future__ import annotations
@@ -45,6 +45,10 @@ from evaluators.data.prepare.slices import BODY_THRESHOLD, find_body, resize_hu,
 from evaluators.files import write_folder_atomically
 
 SUMMARY_NAME = "summary.json"
+# What marks a folder as this module's own: --overwrite replaces a folder only if it holds this file
+# with this content (any tool may write a summary.json; none writes this by chance).
+MARKER_NAME = ".covidnet-nas-prepared"
+MARKER_TEXT = "written by covidnet-nas `search data prepare`; --overwrite may replace this folder\n"
 IMAGES_DIR = "images"
 _TOOL = "search data prepare"
 _SKIP_HINT = "pass --skip-bad to leave them out"
@@ -304,6 +308,7 @@ def _write(
         label_files=label_files,
     )
     (tmp / SUMMARY_NAME).write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+    (tmp / MARKER_NAME).write_text(MARKER_TEXT)
     return summary
 
 
@@ -373,8 +378,16 @@ def _check_out(config: PrepareConfig) -> None:
         raise PrepareError(
             f"--out {config.out} already holds files; pass --overwrite to replace it (nothing was written)"
         )
-    if not (config.out / SUMMARY_NAME).is_file():
+    if not _is_ours(config.out):
         raise PrepareError(
-            f"--out {config.out} holds files that {_TOOL} did not write (no {SUMMARY_NAME}); "
+            f"--out {config.out} holds files that {_TOOL} did not write (no {MARKER_NAME} of its own); "
             "--overwrite replaces only a folder it made: choose another --out"
         )
+
+
+def _is_ours(folder: Path) -> bool:
+    marker = folder / MARKER_NAME
+    try:
+        return marker.is_file() and not marker.is_symlink() and marker.read_text() == MARKER_TEXT
+    except (OSError, UnicodeDecodeError):
+        return False
