@@ -119,7 +119,7 @@ def run_search(args: argparse.Namespace) -> int:
     config.out_dir.mkdir(parents=True, exist_ok=True)
     display = _Display(config.trials, config.train.epochs, bool(args.quiet))
     evaluator = TrainingEvaluator(config, on_epoch_progress=display.epoch)
-    store = artifact_store(config.artifacts_dir)
+    store = artifact_store(config.artifacts_dir, create_parents=config.artifacts is None)
     # The driver refuses a study of other settings or data before anything is written here.
     driver = SearchDriver(config, evaluator, upload=lambda trial, path: upload_weights(store, trial, path))
     write_yaml(config, config.out_dir / "config.yaml")

@@ -45,7 +45,7 @@ def load_weights(
     artifact_id = trial.user_attrs.get("weights_artifact_id")
     if not artifact_id:
         raise UsageError(f"trial {trial.number} of study {study.study_name!r} has no stored weights")
-    store = artifact_store(store_location(study, artifacts))
+    store = artifact_store(store_location(study, artifacts), create=False)
     with tempfile.TemporaryDirectory(prefix="covidnet-nas-") as tmp:
         path = Path(tmp) / "weights.pt"
         try:

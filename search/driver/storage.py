@@ -29,6 +29,9 @@ from search.errors import UsageError
 logger = logging.getLogger(__name__)
 
 JOURNAL_PREFIX = "journal:"
+# Connections a worker keeps open to PostgreSQL/MySQL, and how many more it opens while busy.
+POOL_SIZE = 2
+POOL_OVERFLOW = 2
 
 
 def is_journal(url: str) -> bool:
@@ -87,7 +90,15 @@ def open_storage(url: str, heartbeat: int | None = None, max_retry: int = 2) -> 
             retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
         kwargs = {"heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat}
         kwargs["heartbeat_stale_trial_callback"] = retry
-    engine_kwargs = {"connect_args": {"timeout": 60}} if db is not None else {"pool_pre_ping": True}
+    engine_kwargs: dict[str, Any] = (
+        {"connect_args": {"timeout": 60}}
+        if db is not None
+        # A worker needs a connection for the trial loop, one for the heartbeat thread and one
+        # held by the study lock: 2 kept open, 2 more while busy (N workers: at most 4 N of the
+        # server's max_connections, PostgreSQL's default 100). pool_pre_ping replaces a
+        # connection the server dropped instead of failing a trial.
+        else {"pool_pre_ping": True, "pool_size": POOL_SIZE, "max_overflow": POOL_OVERFLOW}
+    )
     attempts = 5
     for attempt in range(attempts):
         try:
@@ -107,6 +118,29 @@ def open_storage(url: str, heartbeat: int | None = None, max_retry: int = 2) -> 
                 raise UsageError(f"cannot open storage {redact(url)}: {str(e).splitlines()[0]}") from None
             delay = 0.5 + random.random() * (attempt + 1)
             logger.info("opening %s failed (%s); retrying in %.1f s", redact(url), type(e).__name__, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def with_retry(what: str, url: str, call: Any, attempts: int = 5, first_delay: float = 1.0) -> Any:
+    """``call()``, retried with exponential backoff (and jitter) while the storage refuses a
+    connection (PostgreSQL's "too many clients", a server restarting), which Optuna wraps in
+    ``StorageInternalError``; after ``attempts`` tries, one line naming the storage and the cause.
+    """
+    for attempt in range(attempts):
+        try:
+            return call()
+        except optuna.exceptions.StorageInternalError as e:
+            cause = e.__cause__ or e.__context__ or e
+            reason = " ".join(str(cause).split())[:300]
+            if attempt == attempts - 1:
+                raise UsageError(
+                    f"cannot {what} in {redact(url)} after {attempts} tries: {reason} (PostgreSQL: "
+                    "raise max_connections, or run fewer workers; each holds up to "
+                    f"{POOL_SIZE + POOL_OVERFLOW} connections)"
+                ) from None
+            delay = first_delay * 2**attempt * (0.5 + random.random())
+            logger.warning("%s: %s; retrying in %.1f s", what, reason, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -149,25 +183,75 @@ def redact(url: str) -> str:
     return url
 
 
-def artifact_store(location: str) -> Any:
-    """An Optuna artifact store: a folder (local or shared filesystem) or ``s3://bucket/prefix``."""
+def artifact_store(location: str, *, create: bool = True, create_parents: bool = True) -> Any:
+    """An Optuna artifact store: a folder (local or shared filesystem) or ``s3://bucket/prefix``.
+
+    Args:
+        create: make the folder if it is missing (``False`` for readers: a missing folder is a
+            one-line error that suggests ``--artifacts``, e.g. after the run folder moved).
+        create_parents: make missing parent folders too. ``search run`` passes ``False`` for an
+            explicit ``--artifacts``, so that a shared mount that is not there is an error instead
+            of a local folder of the same name that no other worker sees.
+    """
     if location.startswith("s3://"):
         try:
             from optuna.artifacts import Boto3ArtifactStore
         except ImportError as e:  # pragma: no cover - depends on boto3
             raise UsageError(f"an s3:// artifact store needs boto3: {e}") from None
-        bucket = location[len("s3://") :].split("/", 1)[0]
-        return Boto3ArtifactStore(bucket)
+        bucket, _, prefix = location[len("s3://") :].partition("/")
+        if not bucket:
+            raise UsageError(f"--artifacts {location}: expected s3://bucket or s3://bucket/prefix")
+        store = Boto3ArtifactStore(bucket)
+        return PrefixedStore(store, prefix) if prefix.strip("/") else store
     path = Path(location)
     if path.exists() and not path.is_dir():
         raise UsageError(f"--artifacts {location}: is a file, not a folder")
+    if not path.exists():
+        if not create:
+            raise UsageError(
+                f"no artifact folder at {location} (the weights of this study); if the run folder "
+                "moved, pass --artifacts NEW_PLACE"
+            )
+        if not create_parents and not path.parent.is_dir():
+            raise UsageError(
+                f"--artifacts {location}: its parent folder {path.parent} does not exist (a shared "
+                "mount that is not there?); create it, or pass another --artifacts"
+            )
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"--artifacts {location}: cannot create the folder ({e.strerror or e})") from None
-    if not os.access(path, os.W_OK | os.X_OK):
+    if not os.access(path, os.W_OK | os.X_OK) and create:
         raise UsageError(f"--artifacts {location}: the folder is not writable")
     return optuna.artifacts.FileSystemArtifactStore(str(path))
+
+
+class PrefixedStore:
+    """An artifact store whose artifacts live under ``prefix/`` of another (``s3://bucket/prefix``:
+    Optuna's ``Boto3ArtifactStore`` takes a bucket only)."""
+
+    def __init__(self, store: Any, prefix: str) -> None:
+        self.store = store
+        self.prefix = prefix.strip("/")
+
+    def _key(self, artifact_id: str) -> str:
+        return f"{self.prefix}/{artifact_id}"
+
+    def open_reader(self, artifact_id: str) -> Any:
+        return self.store.open_reader(self._key(artifact_id))
+
+    def write(self, artifact_id: str, content_body: Any) -> None:
+        self.store.write(self._key(artifact_id), content_body)
+
+    def remove(self, artifact_id: str) -> None:
+        self.store.remove(self._key(artifact_id))
+
+
+def same_store(a: str, b: str) -> bool:
+    """Whether two ``--artifacts`` locations name one store (folders compared resolved)."""
+    if a.startswith("s3://") or b.startswith("s3://"):
+        return a.rstrip("/") == b.rstrip("/")
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 # ---------------------------------------------------------------------------------- locking

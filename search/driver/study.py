@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import optuna
@@ -24,7 +25,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from search.driver.config import RunConfig
-from search.driver.storage import open_storage, optuna_quiet, study_lock
+from search.driver.storage import open_storage, optuna_quiet, study_lock, with_retry
 from search.errors import RunFailed, UsageError
 
 logger = logging.getLogger(__name__)
@@ -152,7 +153,28 @@ def open_study(
             f"resume it with that objective or pick another --study"
         )
     check_same_settings(study, config, data)
+    check_same_store(study, config)
     return study, False
+
+
+def check_same_store(study: optuna.Study, config: RunConfig) -> None:
+    """Refuse a worker whose artifact store is not the study's: its weights would be where no
+    export or report looks (every worker of a study writes to one store)."""
+    from search.driver.storage import same_store
+
+    stored = study.user_attrs.get("artifacts")
+    new = config.artifacts_dir
+    if not stored or same_store(str(stored), new):
+        return
+    moved = not str(stored).startswith("s3://") and not Path(stored).exists() and Path(new).is_dir()
+    if moved:  # the run folder (or the store) was moved: the study follows it
+        logger.warning("study %r: artifact store %s is gone; using %s from now on", config.study, stored, new)
+        study.set_user_attr("artifacts", new)
+        return
+    raise UsageError(
+        f"study {config.study!r} keeps its weights in {stored}, this worker's artifact store is "
+        f"{new}: pass --artifacts {stored} (one store for every worker of a study)"
+    )
 
 
 def _flag(key: str) -> str:
@@ -402,7 +424,11 @@ class SearchDriver:
         data_attrs = getattr(evaluator, "data_attrs", None)
         data = data_attrs() if callable(data_attrs) else None
         join_seed = worker_seed(config.train.seed)
-        self.study, self.created = open_study(config, self.storage, data=data, join_seed=join_seed)
+        self.study, self.created = with_retry(
+            "open the study",
+            config.storage_url,
+            lambda: open_study(config, self.storage, data=data, join_seed=join_seed),
+        )
         self.sampler_seed = config.train.seed if self.created else join_seed
         self.upload = upload
         self.on_trial = on_trial

@@ -249,3 +249,86 @@ def test_an_artifact_store_that_is_a_file_is_a_usage_error(tmp_path: Any) -> Non
         artifact_store(str(f))
     with pytest.raises(UsageError, match="cannot create the folder"):
         artifact_store(str(f / "sub"))
+
+
+def test_a_worker_with_another_artifact_store_is_refused(tmp_path: Any) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    SearchDriver(_config(tmp_path, trials=1, storage=url, artifacts=str(tmp_path / "a")), Recorder()).run()
+    with pytest.raises(UsageError, match=r"keeps its weights in .*/a, this worker's artifact store is .*/b"):
+        SearchDriver(_config(tmp_path, trials=2, storage=url, artifacts=str(tmp_path / "b")), Recorder())
+    # the same store, spelled otherwise, is fine; a store that moved is followed
+    SearchDriver(
+        _config(tmp_path, trials=1, storage=url, artifacts=str(tmp_path / "b" / ".." / "a")), Recorder()
+    )
+    (tmp_path / "a").rename(tmp_path / "c")
+    d = SearchDriver(_config(tmp_path, trials=1, storage=url, artifacts=str(tmp_path / "c")), Recorder())
+    assert d.study.user_attrs["artifacts"] == str(tmp_path / "c")
+
+
+def test_a_missing_mount_is_not_created_and_a_missing_store_is_named(tmp_path: Any) -> None:
+    from search.driver.storage import artifact_store
+
+    with pytest.raises(UsageError, match="its parent folder .*/mnt does not exist"):
+        artifact_store(str(tmp_path / "mnt" / "art"), create_parents=False)
+    assert not (tmp_path / "mnt").exists()
+    with pytest.raises(UsageError, match="no artifact folder at .*pass --artifacts"):
+        artifact_store(str(tmp_path / "gone"), create=False)
+
+
+def test_an_s3_prefix_is_kept(monkeypatch: Any) -> None:
+    import importlib
+    import io
+
+    from search.driver.storage import PrefixedStore, artifact_store
+
+    written: dict[str, bytes] = {}
+
+    class FakeBoto3:
+        def __init__(self, bucket: str) -> None:
+            self.bucket = bucket
+
+        def write(self, key: str, body: Any) -> None:
+            written[f"{self.bucket}:{key}"] = body.read()
+
+        def open_reader(self, key: str) -> Any:
+            return io.BytesIO(written[f"{self.bucket}:{key}"])
+
+    # optuna.artifacts is imported lazily; patch the real module
+    monkeypatch.setattr(importlib.import_module("optuna.artifacts"), "Boto3ArtifactStore", FakeBoto3)
+    store = artifact_store("s3://bkt/runs/one")
+    assert isinstance(store, PrefixedStore)
+    store.write("abc", io.BytesIO(b"w"))
+    assert written == {"bkt:runs/one/abc": b"w"} and store.open_reader("abc").read() == b"w"
+
+
+def test_a_refused_connection_is_retried_with_backoff_then_named(monkeypatch: Any) -> None:
+    from search.driver import storage
+
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            try:
+                raise RuntimeError("FATAL: sorry, too many clients already")
+            except RuntimeError as e:
+                raise optuna.exceptions.StorageInternalError(
+                    "An exception is raised during the commit."
+                ) from e
+        return "ok"
+
+    assert storage.with_retry("open the study", "postgresql://u:pw@h/db", flaky) == "ok" and len(calls) == 3
+    calls.clear()
+
+    def never() -> str:
+        calls.clear()  # flaky fails on its first two calls: this always fails
+        return flaky()
+
+    with pytest.raises(
+        UsageError,
+        match=r"cannot open the study in postgresql://u:\*\*\*@h/db after 5 tries: FATAL: sorry, too many",
+    ):
+        storage.with_retry("open the study", "postgresql://u:pw@h/db", never)
