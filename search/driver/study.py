@@ -406,6 +406,8 @@ class SearchDriver:
             real runs; tests pass cheap ones).
         upload: stores a weights file for a trial and returns the artifact id.
         on_trial: called with a ``TrialReport`` after each trial this worker finishes.
+        distinct: train each architecture once (``_distinct``); ``False`` trains queued repeats
+            too (to measure how much one architecture's accuracy varies).
     """
 
     def __init__(
@@ -417,8 +419,10 @@ class SearchDriver:
         upload: Callable[[Trial, str], str] | None = None,
         on_trial: Callable[[TrialReport], None] | None = None,
         poll_seconds: float = 2.0,
+        distinct: bool = True,
     ) -> None:
         self.config = config
+        self.distinct = distinct
         self.evaluator = evaluator
         self.storage = storage or open_storage(config.storage_url, config.heartbeat, config.max_retry)
         data_attrs = getattr(evaluator, "data_attrs", None)
@@ -505,7 +509,7 @@ class SearchDriver:
         """
         from space import sample
 
-        taken = self._arch_ids()
+        taken = self._arch_ids() if self.distinct else {}
         for attempt in range(MAX_REDRAWS + 1):
             with optuna_quiet():
                 trial = self.study.ask()

@@ -64,7 +64,7 @@ def test_a_candidate_whose_first_fold_is_far_below_the_front_stops_after_it(tmp_
     # CT L (the prototype), then CT L again twice: same params and MACs, so the first is a finished
     # candidate dominating the others on size; only their accuracy decides.
     ev = FoldsEvaluator([[90.0, 92.0, 88.0], [60.0, 95.0, 95.0], [87.0, 86.0, 89.0]])
-    driver = SearchDriver(_config(tmp_path), ev)
+    driver = SearchDriver(_config(tmp_path), ev, distinct=False)  # CT L three times
     for _ in range(2):
         driver.study.enqueue_trial(to_params(get_reference("ct-l")))
     driver.run()
@@ -92,7 +92,7 @@ def test_without_steps_the_last_epoch_is_the_last_step(tmp_path: Path) -> None:
     step, so nothing can be pruned; ``steps`` is what lets folds be pruned."""
 
     ev = PlanEvaluator([[90.0, 92.0, 88.0], [60.0, 95.0, 95.0], [87.0, 86.0, 89.0]])
-    driver = SearchDriver(_config(tmp_path), ev)
+    driver = SearchDriver(_config(tmp_path), ev, distinct=False)  # CT L three times
     for _ in range(2):
         driver.study.enqueue_trial(to_params(get_reference("ct-l")))
     driver.run()
