@@ -336,8 +336,9 @@ def augment_batch(
     Crop-and-resize, rotation, shear and flip compose into one affine map per image, so the batch
     is sampled by one bilinear ``grid_sample`` on the canvases' device. For an image that is
     rotated or sheared, the canvas beyond its jittered box is set to ``fill`` before sampling (it
-    holds ``image - fill``, zero there, and ``fill`` is added back), so pixels brought in from outside get ``fill`` and blend into the image over one pixel,
-    as torchvision's ``affine`` blends them. Differences from the reference are interpolation-level:
+    holds ``image - fill``, zero there, and ``fill`` is added back), so pixels brought in from
+    outside get ``fill`` and blend into the image over one pixel, as torchvision's ``affine``
+    blends them. Differences from the reference are interpolation-level:
     one interpolation instead of two, no antialiasing of the up-to-15 % downscale of a jittered
     box, and the pixels next to the box edge (the tests measure them).
     """
