@@ -224,11 +224,21 @@ def _run_workers(args: argparse.Namespace, config: RunConfig, workers: int) -> i
     if bad:
         err_console().print("workers that failed: " + ", ".join(f"w{i} (exit {c})" for i, c in bad))
         return max(c for _, c in bad)
-    con.print(
-        f"all {workers} workers done; search status --storage {redact(config.storage_url)} "
-        f"--study {config.study} shows the study",
-        soft_wrap=True,
-    )
+    import optuna
+
+    from search.driver.storage import open_storage
+    from search.driver.study import pareto_trials
+
+    study = optuna.load_study(study_name=config.study, storage=open_storage(config.storage_url))
+    trials = study.get_trials(deepcopy=False)
+    by_worker: dict[str, int] = {}
+    for t in trials:
+        w = str((t.user_attrs.get("runtime") or {}).get("worker", "?"))
+        by_worker[w] = by_worker.get(w, 0) + 1
+    share = ", ".join(f"w{w}: {n}" for w, n in sorted(by_worker.items()))
+    con.print(f"all {workers} workers done; {len(trials)} trials in the study ({share})", soft_wrap=True)
+    _print_pareto(pareto_trials(trials))
+    con.print(f"report:  search report --storage {config.storage_url} --study {config.study}", soft_wrap=True)
     return 0
 
 
