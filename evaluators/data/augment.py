@@ -131,18 +131,23 @@ def make_batch(
     exterior_exclusion: bool = False,
     generator: torch.Generator | None = None,
     magnitudes: Augmentation = PAPER,
+    staged: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Images ``index`` of ``arrays`` as a float ``N x channels x S x S`` batch in [0, 1].
 
     Without ``augment`` this is the box crop (exterior exclusion then changes nothing: nothing
     outside the box is visible); with it, the paper's augmentations drawn from ``generator``.
+    ``staged``: the canvases ``arrays.canvas[index]`` already gathered (a prefetch, possibly on
+    ``device``), so that they are not gathered again.
     """
+    m, s = arrays.margin, arrays.image_size
     if not augment:
-        return arrays.batch(index, channels, device)
+        if staged is None:
+            return arrays.batch(index, channels, device)
+        return to_float(staged[:, m : m + s, m : m + s].to(device, non_blocking=True), channels)
     if generator is None:
         raise ValueError("augment=True needs a generator (for reproducible batches)")
-    m, s = arrays.margin, arrays.image_size
-    canvas = arrays.canvas[index].to(device, non_blocking=True)
+    canvas = (arrays.canvas[index] if staged is None else staged).to(device, non_blocking=True)
     if exterior_exclusion:
         canvas = exclude_exterior(canvas, arrays.exterior[index], m, s)
     x = augment_batch(
