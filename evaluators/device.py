@@ -4,6 +4,8 @@ The one copy of each, shared by training, evaluation, export, explanation and pr
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -111,21 +113,23 @@ def set_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
-def runtime_info(device: str | torch.device = "auto", precision: str = "fp32") -> dict:
-    """What a result depends on besides its settings: the resolved device, precision, threads
-    and library versions (stored with each trial, since results differ with them)."""
+def runtime_info(device: str | torch.device = "auto", precision: str = "auto", **step: Any) -> dict:
+    """What a result depends on besides its settings: the resolved device, precision (and the
+    other step options of ``evaluators.step``), threads and library versions (stored with each
+    trial, since results differ with them)."""
     import platform
 
     import numpy
     import torchvision
 
+    from evaluators.step import resolve_options
+
     dev = resolve_device(device)
-    info = {
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
+    return {
         "device": str(dev),
-        "device_name": torch.cuda.get_device_name(dev)
-        if dev.type == "cuda"
-        else platform.processor() or "cpu",
-        "precision": precision,
+        "device_name": name,
+        **resolve_options(dev, precision, **step).to_dict(),
         "threads": torch.get_num_threads(),
         "versions": {
             "python": platform.python_version(),
@@ -136,4 +140,3 @@ def runtime_info(device: str | torch.device = "auto", precision: str = "fp32") -
             "cudnn": torch.backends.cudnn.version() if dev.type == "cuda" else None,
         },
     }
-    return info

@@ -368,7 +368,15 @@ class SearchDriver:
         from evaluators.device import runtime_info
         from search.driver.workers import WORKER_ENV
 
-        info = runtime_info(self.config.train.device, getattr(self.config.train, "precision", "fp32"))
+        t = self.config.train
+        info = runtime_info(
+            t.device,
+            t.precision,
+            channels_last=t.channels_last,
+            cudnn_benchmark=t.cudnn_benchmark,
+            prefetch=t.prefetch,
+            compile=t.compile,
+        )
         info["versions"]["optuna"] = optuna.__version__
         info["worker"] = os.environ.get(WORKER_ENV, "0")
         if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
