@@ -4,6 +4,8 @@ The one copy of each, shared by training, evaluation, export, explanation and pr
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -63,3 +65,78 @@ def input_channels(model: nn.Module) -> int:
 def seed_everything(seed: int) -> None:
     """Seed torch's global generators (model initialisation, dropout)."""
     torch.manual_seed(seed)
+
+
+THREADS_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def choose_threads(workers: int = 1) -> tuple[int, str]:
+    """A sane intra-op thread count for one of ``workers`` processes on this machine, and why.
+
+    ``OMP_NUM_THREADS`` wins where it is set. Otherwise each worker gets its share of the usable
+    cores less the load already running on them (the one-minute load average), at least one:
+    more threads than free cores makes OpenMP wait on threads that are not running (measured:
+    30x slower on a loaded 2-core machine).
+    """
+    import os
+
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env), f"OMP_NUM_THREADS={env}"
+    cores = usable_cores()
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    free = max(1, cores - int(load + 0.5)) if workers == 1 else cores
+    n = max(1, free // max(1, workers))
+    why = f"{cores} cores, load {load:.1f}" if workers == 1 else f"{cores} cores shared by {workers} workers"
+    return n, why
+
+
+def set_threads(n: int) -> None:
+    """Use ``n`` intra-op threads in this process (torch; OpenMP children inherit the variable)."""
+    import os
+
+    for name in THREADS_ENV:
+        os.environ[name] = str(n)
+    torch.set_num_threads(n)
+
+
+def runtime_info(device: str | torch.device = "auto", precision: str = "auto", **step: Any) -> dict:
+    """What a result depends on besides its settings: the resolved device, precision (and the
+    other step options of ``evaluators.step``), threads and library versions (stored with each
+    trial, since results differ with them)."""
+    import platform
+
+    import numpy
+    import torchvision
+
+    from evaluators.step import resolve_options
+
+    dev = resolve_device(device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
+    return {
+        "device": str(dev),
+        "device_name": name,
+        **resolve_options(dev, precision, **step).to_dict(),
+        "threads": torch.get_num_threads(),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "numpy": numpy.__version__,
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if dev.type == "cuda" else None,
+        },
+    }

@@ -28,6 +28,7 @@ from evaluators.device import _parse_device, input_channels, resolve_device, see
 from evaluators.evaluate import predict
 from evaluators.metrics import EvalResult, compute_metrics
 from evaluators.settings import ConfigError, check_bool, check_int, check_number, coerce, setting, settings_of
+from evaluators.step import PRECISIONS, SWITCHES, Stepper, resolve_options, staged_batches
 
 EpochCallback = Callable[[int, float, dict[str, Any]], None]
 
@@ -105,12 +106,32 @@ class TrainConfig:
     balanced: bool = setting(True, "class-balanced batches")
     seed: int = setting(0, "seed of weights, batches, augmentation and dropout")
     device: str = setting("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps", outcome=False)
+    precision: str = setting(
+        "auto",
+        "autocast precision of the training step: auto (bf16 on a CUDA GPU that has it, else fp16 "
+        "with loss scaling; fp32 on the CPU and MPS), fp32, bf16, fp16",
+        choices=PRECISIONS,
+        outcome=False,
+    )
+    channels_last: str = setting(
+        "auto", "channels_last memory format (auto: on a CUDA GPU only)", choices=SWITCHES, outcome=False
+    )
+    cudnn_benchmark: str = setting(
+        "auto", "cuDNN autotuning of convolutions (auto: on a CUDA GPU)", choices=SWITCHES, outcome=False
+    )
+    prefetch: str = setting(
+        "auto",
+        "gather the next batch into pinned memory while a step runs (auto: on a CUDA GPU)",
+        choices=SWITCHES,
+        outcome=False,
+    )
+    compile: bool = setting(False, "torch.compile the model (its first steps compile)", outcome=False)
     channels: int | None = setting(None, "input channels (none: from the model)", flag=False)
     eval_batch_size: int = setting(64, "images per forward pass when evaluating", flag=False, outcome=False)
     evaluate_test: bool = setting(True, "evaluate the best weights on the test split", flag=False)
 
     def __post_init__(self) -> None:
-        for name in ("cosine", "augment", "exterior_exclusion", "balanced", "evaluate_test"):
+        for name in ("cosine", "augment", "exterior_exclusion", "balanced", "evaluate_test", "compile"):
             check_bool(name, getattr(self, name))
         for name in ("lr", "momentum", "weight_decay", "warmup_epochs", "label_smoothing", "ema"):
             check_number(name, getattr(self, name))
@@ -157,6 +178,11 @@ class TrainConfig:
         if self.channels is not None and self.channels not in (1, 3):
             raise ConfigError(f"channels must be 1, 3 or null (from the model), got {self.channels!r}")
         _parse_device(self.device)
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for name in ("channels_last", "cudnn_benchmark", "prefetch"):
+            if getattr(self, name) not in SWITCHES:
+                raise ConfigError(f"{name} must be one of {', '.join(SWITCHES)}, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -512,6 +538,10 @@ class _Run:
         seed_everything(cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         model.to(self.device)
+        self.options = resolve_options(
+            self.device, cfg.precision, cfg.channels_last, cfg.cudnn_benchmark, cfg.prefetch, cfg.compile
+        )
+        self.stepper = Stepper(model, self.device, self.options)
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameters")
@@ -555,7 +585,9 @@ class _Run:
         loss_sum = torch.zeros((), dtype=self.acc_dtype, device=dev)
         correct = torch.zeros((), dtype=torch.long, device=dev)
         seen = 0
-        for step, idx in enumerate(batches, start=1):
+        st = self.stepper
+        staged = staged_batches(arr.canvas, arr.labels, batches, dev, self.options.prefetch)
+        for step, (idx, rows, y) in enumerate(staged, start=1):
             lr = learning_rate(cfg, self.step, len(batches))
             for group in self.opt.param_groups:
                 group["lr"] = lr
@@ -567,15 +599,14 @@ class _Run:
                 augment=cfg.augment,
                 exterior_exclusion=cfg.exterior_exclusion,
                 generator=self.generator,
+                staged=rows,
             )
-            y = arr.labels[idx].to(dev, non_blocking=True)
-            logits = model(x)
-            if step == 1 and epoch == 1:
-                _check_outputs(logits)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
+            with st.autocast():
+                logits = st.forward(st.inputs(x))
+                if step == 1 and epoch == 1:
+                    _check_outputs(logits)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            st.backward_step(loss, self.opt)
             self.step += 1
             if self.averaged is not None:
                 self.averaged.update(model)

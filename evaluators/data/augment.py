@@ -3,9 +3,14 @@
 Augmentations (Gunraj et al.), each applied to an image with probability 0.5: box jitter
 +-7.5 %, rotation +-20 degrees, horizontal and vertical shear +-0.2, horizontal flip, intensity
 shift +-15 gray levels and intensity scale +-10 %; optionally the official repository's exterior
-exclusion (everything outside the body box replaced by its mean gray level). They run on tensors
-with ``torchvision.transforms.v2.functional``, on whatever device the batch is on; every random
-number comes from one ``torch.Generator``, so a seed gives the same batches on any device.
+exclusion (everything outside the body box replaced by its mean gray level).
+
+``augment_batch`` (what training uses) augments a whole batch at once on the batch's device: one
+affine map per image (crop-and-resize, rotation, shear and flip composed), one ``grid_sample`` per
+batch, vectorised intensity changes. ``augment_canvas`` is the per-image reference it was checked
+against (a loop over ``torchvision.transforms.v2.functional``). Both draw the same random numbers
+from one ``torch.Generator`` in the same order, so a seed gives the same parameters either way and
+the same batches on any device (a CPU generator; a generator on the batch's device works too).
 """
 
 from __future__ import annotations
@@ -126,21 +131,26 @@ def make_batch(
     exterior_exclusion: bool = False,
     generator: torch.Generator | None = None,
     magnitudes: Augmentation = PAPER,
+    staged: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Images ``index`` of ``arrays`` as a float ``N x channels x S x S`` batch in [0, 1].
 
     Without ``augment`` this is the box crop (exterior exclusion then changes nothing: nothing
     outside the box is visible); with it, the paper's augmentations drawn from ``generator``.
+    ``staged``: the canvases ``arrays.canvas[index]`` already gathered (a prefetch, possibly on
+    ``device``), so that they are not gathered again.
     """
+    m, s = arrays.margin, arrays.image_size
     if not augment:
-        return arrays.batch(index, channels, device)
+        if staged is None:
+            return arrays.batch(index, channels, device)
+        return to_float(staged[:, m : m + s, m : m + s].to(device, non_blocking=True), channels)
     if generator is None:
         raise ValueError("augment=True needs a generator (for reproducible batches)")
-    m, s = arrays.margin, arrays.image_size
-    canvas = arrays.canvas[index].to(device, non_blocking=True)
+    canvas = (arrays.canvas[index] if staged is None else staged).to(device, non_blocking=True)
     if exterior_exclusion:
         canvas = exclude_exterior(canvas, arrays.exterior[index], m, s)
-    x = augment_canvas(
+    x = augment_batch(
         canvas,
         arrays.valid[index],
         arrays.exterior[index] if exterior_exclusion else None,
@@ -150,6 +160,38 @@ def make_batch(
         magnitudes,
     )
     return to_float(x, channels)
+
+
+def image_params(r: list[float], valid: list[int], margin: int, size: int, a: Augmentation) -> dict:
+    """One image's augmentation parameters from its 11 uniform numbers ``r`` (the per-image
+    reference: ``augment_canvas`` uses it, and the tests compare ``batch_params`` against it).
+
+    Crop ``top, left, height, width`` (canvas pixels), ``rotate``/``shear`` flags, ``angle``
+    (degrees), ``shear_x``/``shear_y`` (degrees, as torchvision's ``affine`` takes them), ``flip``.
+    """
+    top, left, h, w = margin, margin, size, size
+    if r[0] < a.prob:  # box jitter: each box edge moves by up to +-jitter of the box side
+        d = [(2 * v - 1) * a.jitter * size for v in r[1:5]]
+        x0, y0, x1, y1 = valid
+        left = max(x0, min(round(margin + d[0]), x1 - 1))
+        top = max(y0, min(round(margin + d[1]), y1 - 1))
+        right = min(x1, max(round(margin + size + d[2]), left + 1))
+        bottom = min(y1, max(round(margin + size + d[3]), top + 1))
+        h, w = bottom - top, right - left
+    rotate = r[5] < a.prob
+    shear = r[6] < a.prob
+    return {
+        "top": top,
+        "left": left,
+        "height": h,
+        "width": w,
+        "rotate": rotate,
+        "shear": shear,
+        "angle": (2 * r[7] - 1) * a.rotation if rotate else 0.0,
+        "shear_x": math.degrees(math.atan((2 * r[8] - 1) * a.shear)) if shear else 0.0,
+        "shear_y": math.degrees(math.atan((2 * r[9] - 1) * a.shear)) if shear else 0.0,
+        "flip": bool(a.flip and r[10] < a.prob),
+    }
 
 
 def augment_canvas(
@@ -178,27 +220,17 @@ def augment_canvas(
     out = torch.empty((n, size, size), dtype=torch.float32, device=canvas.device)
     for i, r in enumerate(u):
         img = canvas[i : i + 1].float()  # 1 x H x W, gray levels
-        top, left, h, w = margin, margin, size, size
-        if r[0] < a.prob:  # box jitter: each box edge moves by up to +-jitter of the box side
-            d = [(2 * v - 1) * a.jitter * size for v in r[1:5]]
-            x0, y0, x1, y1 = (int(t) for t in valid[i].tolist())
-            left = max(x0, min(round(margin + d[0]), x1 - 1))
-            top = max(y0, min(round(margin + d[1]), y1 - 1))
-            right = min(x1, max(round(margin + size + d[2]), left + 1))
-            bottom = min(y1, max(round(margin + size + d[3]), top + 1))
-            h, w = bottom - top, right - left
+        p = image_params(r, [int(t) for t in valid[i].tolist()], margin, size, a)
+        top, left, h, w = p["top"], p["left"], p["height"], p["width"]
+        rotate, shear = p["rotate"], p["shear"]
         if (h, w) == (size, size):
             img = img[:, top : top + size, left : left + size]
         else:
             img = F.resized_crop(
                 img, top, left, h, w, [size, size], InterpolationMode.BILINEAR, antialias=True
             )
-        rotate = r[5] < a.prob
-        shear = r[6] < a.prob
         if rotate or shear:
-            angle = (2 * r[7] - 1) * a.rotation if rotate else 0.0
-            sx = math.degrees(math.atan((2 * r[8] - 1) * a.shear)) if shear else 0.0
-            sy = math.degrees(math.atan((2 * r[9] - 1) * a.shear)) if shear else 0.0
+            angle, sx, sy = p["angle"], p["shear_x"], p["shear_y"]
             value = float(fill[i]) if fill is not None else 0.0
             img = F.affine(
                 img,
@@ -209,7 +241,7 @@ def augment_canvas(
                 interpolation=InterpolationMode.BILINEAR,
                 fill=[value],
             )
-        if a.flip and r[10] < a.prob:
+        if p["flip"]:
             img = F.horizontal_flip(img)
         out[i] = img[0]
     # intensity: independent draws for shift and scale, from a second block of random numbers
@@ -218,3 +250,152 @@ def augment_canvas(
     shift = torch.where(v[:, 2] < a.prob, (2 * v[:, 3] - 1) * a.shift, torch.zeros(n))
     out = out * scale.to(out.device).view(-1, 1, 1) + shift.to(out.device).view(-1, 1, 1)
     return out.clamp_(0.0, 255.0)
+
+
+@dataclass(frozen=True)
+class BatchParams:
+    """Per-image augmentation parameters of a batch, as tensors (one row an image).
+
+    ``crop``: ``N x 4`` int64 ``(top, left, height, width)`` in canvas pixels; ``rotate``,
+    ``shear``, ``flip``: ``N`` bool; ``angle``, ``shear_x``, ``shear_y``: ``N`` float64 degrees
+    (0 where not applied); ``scale``, ``shift``: ``N`` float32 intensity factor and offset.
+    """
+
+    crop: torch.Tensor
+    rotate: torch.Tensor
+    shear: torch.Tensor
+    angle: torch.Tensor
+    shear_x: torch.Tensor
+    shear_y: torch.Tensor
+    flip: torch.Tensor
+    scale: torch.Tensor
+    shift: torch.Tensor
+
+
+def batch_params(
+    n: int,
+    valid: torch.Tensor,
+    margin: int,
+    size: int,
+    generator: torch.Generator,
+    magnitudes: Augmentation = PAPER,
+) -> BatchParams:
+    """The parameters of ``n`` images, drawn in one call each from ``generator``.
+
+    The same draws in the same order as the per-image reference (``augment_canvas``), so one seed
+    gives the same parameters; on the generator's device, without a Python loop.
+    """
+    a = magnitudes
+    gdev = generator.device
+    u = torch.rand((n, 11), generator=generator, dtype=torch.float64, device=gdev)
+    v = torch.rand((n, 4), generator=generator, dtype=torch.float64, device=gdev).to(torch.float32)
+    box = valid.to(gdev, torch.int64)
+    x0, y0, x1, y1 = box.unbind(1)
+    d = (2 * u[:, 1:5] - 1) * a.jitter * size
+    jitter = u[:, 0] < a.prob
+    left = torch.maximum(x0, torch.minimum(torch.round(margin + d[:, 0]).long(), x1 - 1))
+    top = torch.maximum(y0, torch.minimum(torch.round(margin + d[:, 1]).long(), y1 - 1))
+    right = torch.minimum(x1, torch.maximum(torch.round(margin + size + d[:, 2]).long(), left + 1))
+    bottom = torch.minimum(y1, torch.maximum(torch.round(margin + size + d[:, 3]).long(), top + 1))
+    keep = torch.full_like(left, margin)
+    top, left = torch.where(jitter, top, keep), torch.where(jitter, left, keep)
+    height = torch.where(jitter, bottom - top, torch.full_like(top, size))
+    width = torch.where(jitter, right - left, torch.full_like(left, size))
+    rotate, shear = u[:, 5] < a.prob, u[:, 6] < a.prob
+    zero = torch.zeros_like(u[:, 0])
+    angle = torch.where(rotate, (2 * u[:, 7] - 1) * a.rotation, zero)
+    shear_x = torch.where(shear, torch.rad2deg(torch.atan((2 * u[:, 8] - 1) * a.shear)), zero)
+    shear_y = torch.where(shear, torch.rad2deg(torch.atan((2 * u[:, 9] - 1) * a.shear)), zero)
+    flip = (u[:, 10] < a.prob) & a.flip
+    scale = torch.where(v[:, 0] < a.prob, 1 + (2 * v[:, 1] - 1) * a.scale, torch.ones_like(v[:, 0]))
+    shift = torch.where(v[:, 2] < a.prob, (2 * v[:, 3] - 1) * a.shift, torch.zeros_like(v[:, 0]))
+    return BatchParams(
+        torch.stack([top, left, height, width], 1), rotate, shear, angle, shear_x, shear_y, flip, scale, shift
+    )
+
+
+def _inverse_affine(p: BatchParams) -> torch.Tensor:
+    """``N x 2 x 2`` float64: output (centred pixel) coordinates to input ones, for rotation
+    ``angle`` and shears ``shear_x``/``shear_y`` about the image centre, the matrix
+    torchvision's ``affine`` builds (rotation times the y shear times the x shear, inverted)."""
+    rot, sx, sy = torch.deg2rad(p.angle), torch.deg2rad(p.shear_x), torch.deg2rad(p.shear_y)
+    a = torch.cos(rot - sy) / torch.cos(sy)
+    b = -torch.cos(rot - sy) * torch.tan(sx) / torch.cos(sy) - torch.sin(rot)
+    c = torch.sin(rot - sy) / torch.cos(sy)
+    d = -torch.sin(rot - sy) * torch.tan(sx) / torch.cos(sy) + torch.cos(rot)
+    return torch.stack([torch.stack([d, -b], -1), torch.stack([-c, a], -1)], -2)
+
+
+def augment_batch(
+    canvas: torch.Tensor,
+    valid: torch.Tensor,
+    fill: torch.Tensor | None,
+    margin: int,
+    size: int,
+    generator: torch.Generator,
+    magnitudes: Augmentation = PAPER,
+    params: BatchParams | None = None,
+) -> torch.Tensor:
+    """``augment_canvas`` for the whole batch at once (same arguments, same random draws).
+
+    Crop-and-resize, rotation, shear and flip compose into one affine map per image, so the batch
+    is sampled by one bilinear ``grid_sample`` on the canvases' device. For an image that is
+    rotated or sheared, the canvas beyond its jittered box is set to ``fill`` before sampling (it
+    holds ``image - fill``, zero there, and ``fill`` is added back), so pixels brought in from
+    outside get ``fill`` and blend into the image over one pixel, as torchvision's ``affine``
+    blends them. Differences from the reference are interpolation-level:
+    one interpolation instead of two, no antialiasing of the up-to-15 % downscale of a jittered
+    box, and the pixels next to the box edge (the tests measure them).
+    """
+    n = canvas.shape[0]
+    dev = canvas.device
+    p = params if params is not None else batch_params(n, valid, margin, size, generator, magnitudes)
+    side = canvas.shape[-1]
+    # output pixel (x, y), centred, to crop-image centred coordinates q = inv @ (flip x, y)
+    inv = _inverse_affine(p)
+    inv[:, :, 0] *= torch.where(p.flip, -1.0, 1.0).to(inv.device, torch.float64).unsqueeze(1)
+    top, left, h, w = p.crop.to(inv.device, torch.float64).unbind(1)
+    # crop-image q to the canvas grid coordinate (align_corners=False):
+    # (2 left + (2 q + size) w / size) / side - 1
+    k = torch.stack([w, h], 1) * (2.0 / (size * side))  # N x 2
+    off = torch.stack([2 * left + w, 2 * top + h], 1) / side - 1  # N x 2
+    theta = (inv * k.unsqueeze(2)).to(dev, torch.float32)  # N x 2 (grid x, y) x 2 (output x, y)
+    off = off.to(dev, torch.float32)
+    c = torch.arange(size, device=dev, dtype=torch.float32) + (0.5 - size / 2)  # centred output coords
+    # rotated or sheared by a nonzero amount (an identity warp brings nothing in from outside)
+    warped = ((p.angle != 0) | (p.shear_x != 0) | (p.shear_y != 0)).to(dev)
+    value = fill.to(dev, torch.float32) if fill is not None else torch.zeros(n, device=dev)
+    if bool(warped.any()):
+        # canvas - fill, set to 0 beyond the jittered box, for warped images only
+        ar = torch.arange(side, device=dev).view(1, -1)
+        crop = p.crop.to(dev)
+        rows = (ar >= crop[:, :1]) & (ar < crop[:, :1] + crop[:, 2:3])
+        cols = (ar >= crop[:, 1:2]) & (ar < crop[:, 1:2] + crop[:, 3:4])
+        keep = ~warped.view(-1, 1)
+        rows, cols = (rows | keep).to(torch.float32), (cols | keep).to(torch.float32)
+        padding = "zeros"
+    else:
+        value = torch.zeros_like(value)
+        rows = cols = None
+        padding = "border"
+    out = torch.empty((n, size, size), device=dev, dtype=torch.float32)
+    # on the CPU, chunks of about a million canvas pixels stay in cache; a GPU takes the batch whole
+    step = n if dev.type != "cpu" else max(1, (1 << 20) // (side * side))
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        src = canvas[a:b].to(torch.float32)
+        if rows is not None:
+            src.sub_(value[a:b].view(-1, 1, 1)).mul_(rows[a:b].unsqueeze(2)).mul_(cols[a:b].unsqueeze(1))
+        # grid = theta @ (x, y) + off: per axis, one broadcast add (N, 1, S) + (N, S, 1)
+        grid = torch.empty((b - a, size, size, 2), device=dev, dtype=torch.float32)
+        for axis in range(2):
+            along_x = theta[a:b, axis, 0, None, None] * c.view(1, 1, -1)
+            along_y = theta[a:b, axis, 1, None, None] * c.view(1, -1, 1) + off[a:b, axis, None, None]
+            torch.add(along_x, along_y, out=grid[..., axis])
+        out[a:b] = torch.nn.functional.grid_sample(
+            src.unsqueeze(1), grid, mode="bilinear", padding_mode=padding, align_corners=False
+        )[:, 0]
+    # intensity: (sample + fill) * scale + shift, in one pass, clipped to the gray levels
+    scale = p.scale.to(dev)
+    bias = (value * scale + p.shift.to(dev)).view(-1, 1, 1)
+    return out.mul_(scale.view(-1, 1, 1)).add_(bias).clamp_(0.0, 255.0)

@@ -180,7 +180,9 @@ def print_metrics(result: Any, title: str) -> None:
 
 # ------------------------------------------------------------------ training beside a search
 # What a command training beside a search takes from the search study (flags may override it).
-INHERITED = (*TRAINING_KEYS, "complexity_size", "data", "artifacts", "device", "skip_bad")
+# how a step runs (not what it trains): inherited like the device
+STEP_KEYS = ("precision", "channels_last", "cudnn_benchmark", "prefetch", "compile")
+INHERITED = (*TRAINING_KEYS, "complexity_size", "data", "artifacts", "device", *STEP_KEYS, "skip_bad")
 
 
 def study_training_config(args: argparse.Namespace, storage: Any) -> tuple[RunConfig, list[str]]:

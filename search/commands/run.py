@@ -18,12 +18,27 @@ from search.commands._common import (
 )
 from search.console import console, err_console, print_table
 from search.driver.config import RunConfig, write_yaml
+from search.errors import UsageError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="search the microarchitecture (resumable, distributed)")
     p.add_argument("--config", metavar="FILE.yaml", help="settings file; flags override it")
     add_run_flags(p)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="start N worker processes on the study, each with its share of the CPU threads "
+        "(needs --storage postgresql://... or journal:FILE.log; SQLite takes one writer)",
+    )
+    p.add_argument(
+        "--devices",
+        metavar="0,1,...",
+        help="GPUs for the workers, one each in turn (CUDA_VISIBLE_DEVICES); 'all': every visible "
+        "GPU (the default with --workers where CUDA is available)",
+    )
     p.set_defaults(func=run_search)
 
     s = sub.add_parser("status", help="a study's trial counts and current Pareto set")
@@ -116,7 +131,13 @@ def run_search(args: argparse.Namespace) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     config = config_from_args(args)
+    workers = getattr(args, "workers", 1)
+    if workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers}")
+    if workers > 1:
+        return _run_workers(args, config, workers)
     config.out_dir.mkdir(parents=True, exist_ok=True)
+    _set_threads()
     display = _Display(config.trials, config.train.epochs, bool(args.quiet))
     evaluator = TrainingEvaluator(config, on_epoch_progress=display.epoch)
     store = artifact_store(config.artifacts_dir, create_parents=config.artifacts is None)
@@ -164,8 +185,96 @@ def run_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(driver: Any, config: RunConfig, seconds: float) -> None:
+def _set_threads() -> None:
+    """One worker: a sane thread count (its share of the free cores), said on stderr."""
+    import os
+
+    from evaluators.device import choose_threads, set_threads
+    from search.driver.workers import WORKER_ENV
+
+    n, why = choose_threads(1)
+    set_threads(n)
+    if WORKER_ENV not in os.environ:
+        err_console().print(f"threads: {n} ({why}; set OMP_NUM_THREADS to choose)", soft_wrap=True)
+
+
+def _run_workers(args: argparse.Namespace, config: RunConfig, workers: int) -> int:
+    """``--workers N``: N ``search run`` processes on the study, one display, Ctrl-C stops all."""
+    import re
+    import threading
+
+    from evaluators.device import choose_threads
+    from search.driver.storage import redact
+    from search.driver.workers import check_storage, parse_devices, plan_workers, run_workers
+
+    check_storage(config.storage_url, workers)
+    devices = parse_devices(args.devices)
+    if args.devices is None and config.train.device in ("auto", "cuda"):
+        import torch
+
+        devices = [str(i) for i in range(torch.cuda.device_count())]
+    threads, why = choose_threads(workers)
+    argv = [*sys.argv[1:]]
+    if "--quiet" not in argv:
+        argv.append("--quiet")
+    plans = plan_workers(argv, workers, threads, devices)
+    con = console()
+    gpus = f", GPUs {','.join(devices)} in turn" if devices else ""
+    con.print(
+        f"{workers} workers on study {config.study!r} in {redact(config.storage_url)}: "
+        f"{threads} threads each ({why}){gpus}",
+        soft_wrap=True,
+    )
+    display = _Display(config.trials, config.train.epochs, bool(args.quiet))
+    created = threading.Event()
+    finished = [0]
+    trial = re.compile(r"^#\d+ ")
+
+    def on_line(worker: int, line: str) -> None:
+        if worker == 0 and line.startswith("study "):
+            created.set()
+        if trial.match(line):
+            finished[0] += 1
+            display.progress.update(display.trials, completed=finished[0])
+        display.progress.console.print(f"[w{worker}] {line}", soft_wrap=True, markup=False, highlight=False)
+
+    with display.progress:
+        try:
+            codes = run_workers(plans, on_line, stagger=created.is_set)
+        except KeyboardInterrupt:
+            display.progress.stop()
+            err_console().print(
+                f"interrupted: all {workers} workers stopped, their running trials marked failed.\n"
+                f"resume with: {_resume_command()}"
+            )
+            return 130
+    bad = [(i, c) for i, c in enumerate(codes) if c != 0]
+    if bad:
+        err_console().print("workers that failed: " + ", ".join(f"w{i} (exit {c})" for i, c in bad))
+        return max(c for _, c in bad)
+    import optuna
+
+    from search.driver.storage import open_storage
     from search.driver.study import pareto_trials
+
+    study = optuna.load_study(study_name=config.study, storage=open_storage(config.storage_url))
+    trials = study.get_trials(deepcopy=False)
+    by_worker: dict[str, int] = {}
+    for t in trials:
+        w = str((t.user_attrs.get("runtime") or {}).get("worker", "?"))
+        by_worker[w] = by_worker.get(w, 0) + 1
+    share = ", ".join(f"w{w}: {n}" for w, n in sorted(by_worker.items()))
+    con.print(f"all {workers} workers done; {len(trials)} trials in the study ({share})", soft_wrap=True)
+    _print_pareto(pareto_trials(trials))
+    con.print(f"report:  search report --storage {config.storage_url} --study {config.study}", soft_wrap=True)
+    return 0
+
+
+def _summary(driver: Any, config: RunConfig, seconds: float) -> None:
+    import os
+
+    from search.driver.study import pareto_trials
+    from search.driver.workers import WORKER_ENV
 
     counts = driver.counts()
     con = console()
@@ -174,6 +283,8 @@ def _summary(driver: Any, config: RunConfig, seconds: float) -> None:
         f"{counts['pruned']} pruned, "
         f"{counts['infeasible']} over budget, {counts['fail']} failed"
     )
+    if os.environ.get(WORKER_ENV) is not None:
+        return  # one of --workers N: the launcher prints the study's summary once
     _print_pareto(pareto_trials(driver.study.get_trials(deepcopy=False)), _majority(driver.evaluator))
     where = f"--storage {config.storage_url}" if config.storage else f"--out {config.out}"
     con.print(f"results: {config.out_dir.resolve()} (study {config.study!r})")

@@ -595,6 +595,7 @@ class SearchDriver:
             "peak_activation_bytes": prof.peak_activation_bytes,
             "complexity_size": size,
             "constraints": constraints,
+            "runtime": self._runtime(),
         }.items():
             trial.set_user_attr(key, value)
         # Constrained samplers read these (<= 0 is feasible): over-budget trials rank by violation.
@@ -646,6 +647,28 @@ class SearchDriver:
         if is_proto and not self.config.inherit_from:
             return None
         return self.parents.get()
+
+    def _runtime(self) -> dict:
+        """This worker's device, precision, threads and library versions (``runtime`` attr)."""
+        import os
+
+        from evaluators.device import runtime_info
+        from search.driver.workers import WORKER_ENV
+
+        t = self.config.train
+        info = runtime_info(
+            t.device,
+            t.precision,
+            channels_last=t.channels_last,
+            cudnn_benchmark=t.cudnn_benchmark,
+            prefetch=t.prefetch,
+            compile=t.compile,
+        )
+        info["versions"]["optuna"] = optuna.__version__
+        info["worker"] = os.environ.get(WORKER_ENV, "0")
+        if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+            info["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
+        return info
 
     def _values(self, accuracy: float, params: int, macs: int, *, netscore_value: float) -> list[float]:
         if self.config.objective == "netscore":

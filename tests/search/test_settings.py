@@ -40,6 +40,10 @@ def _other_value(s: object) -> object:
         "image_size": 96,
         "protocol": "final",
         "keep": "last",
+        "precision": "bf16",
+        "channels_last": "on",
+        "cudnn_benchmark": "off",
+        "prefetch": "on",
     }
     if key in special:
         return special[key]
