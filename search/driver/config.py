@@ -76,6 +76,11 @@ class RunConfig:
     )
     complexity_size: int = setting(512, "input size at which params/MACs/NetScore are measured (the paper's)")
     population: int = setting(8, "NSGA-II population size")
+    tpe_group: bool = setting(
+        False,
+        "TPE: model each group of co-occurring block parameters jointly (Optuna's group=True) "
+        "instead of sampling block parameters independently",
+    )
     startup_trials: int = setting(4, "random trials before TPE/GP/median pruning kick in")
     prune_warmup: int = setting(2, "epochs (or runs, with folds) before a trial may be stopped early")
     prune_margin: float = setting(

@@ -332,3 +332,15 @@ def test_a_refused_connection_is_retried_with_backoff_then_named(monkeypatch: An
         match=r"cannot open the study in postgresql://u:\*\*\*@h/db after 5 tries: FATAL: sorry, too many",
     ):
         storage.with_retry("open the study", "postgresql://u:pw@h/db", never)
+
+
+def test_tpe_says_how_it_treats_the_conditional_space(tmp_path: Any, caplog: Any) -> None:
+    import logging
+
+    from search.driver.study import _warned, make_sampler
+
+    _warned.clear()
+    with caplog.at_level(logging.WARNING, logger="search.driver.study"):
+        sampler = make_sampler(_config(tmp_path), 3)
+    assert "sampled independently" in caplog.text and not sampler._group
+    assert make_sampler(_config(tmp_path, tpe_group=True), 3)._group
