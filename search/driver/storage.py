@@ -75,8 +75,13 @@ def open_storage(url: str, heartbeat: int | None = None, max_retry: int = 2) -> 
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         path = journal_path(url)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        if path.is_dir():
+            raise UsageError(f"--storage {url}: {path} is a folder; name the journal file in it")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path)))
+        except OSError as e:
+            raise UsageError(f"--storage {url}: cannot open the journal file ({e.strerror or e})") from None
     if "://" not in url:
         raise UsageError(
             f"--storage must be a URL (sqlite:///file.db, postgresql://..., journal:file.log), got {url!r}"
