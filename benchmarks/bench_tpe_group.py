@@ -22,8 +22,8 @@ import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from search.driver.study import SearchDriver  # noqa: E402
-from tests.search.test_driver import ToyEvaluator, _config  # noqa: E402
+from search.driver.study import SearchDriver
+from tests.search.test_driver import ToyEvaluator, _config
 
 
 def main() -> None:
@@ -35,7 +35,8 @@ def main() -> None:
     git = ["git", "rev-parse", "--short", "HEAD"]
     commit = subprocess.run(git, capture_output=True, text=True).stdout.strip()
     rows = []
-    for name, kw in (("tpe", {}), ("tpe --tpe-group", {"tpe_group": True}), ("random", {"sampler": "random"})):
+    samplers = (("tpe", {}), ("tpe --tpe-group", {"tpe_group": True}), ("random", {"sampler": "random"}))
+    for name, kw in samplers:
         for seed in a.seeds:
             ev = ToyEvaluator()
             cfg = _config(
