@@ -112,7 +112,7 @@ def run_search(args: argparse.Namespace) -> int:
 
     from search.driver.artifacts import upload_weights
     from search.driver.objective import TrainingEvaluator
-    from search.driver.storage import artifact_store, redact
+    from search.driver.storage import artifact_store, probe_store, redact
     from search.driver.study import SearchDriver, best_netscore, pareto_trials
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -131,6 +131,7 @@ def run_search(args: argparse.Namespace) -> int:
     if skipped:
         err_console().print(f"search run: skipped {len(skipped)} bad lines in all", markup=False)
     store = artifact_store(config.artifacts_dir, create_parents=config.artifacts is None)
+    probe_store(store, config.artifacts_dir)  # an unreachable store fails now, not after training
     # The driver refuses a study of other settings or data before anything is written here.
     driver = SearchDriver(config, evaluator, upload=lambda trial, path: upload_weights(store, trial, path))
     write_yaml(config, config.out_dir / "config.yaml")

@@ -231,6 +231,21 @@ def artifact_store(location: str, *, create: bool = True, create_parents: bool =
     return optuna.artifacts.FileSystemArtifactStore(str(path))
 
 
+def probe_store(store: Any, location: str) -> None:
+    """Write and remove a small artifact, so that a store that cannot be reached or written is
+    found before the first trial trains (not after it, at upload)."""
+    import io
+    import uuid
+
+    key = f"covidnet-nas-probe-{uuid.uuid4().hex}"
+    try:
+        store.write(key, io.BytesIO(b"probe"))
+        store.remove(key)
+    except Exception as e:
+        reason = " ".join(str(e).split())[:300] or type(e).__name__
+        raise UsageError(f"--artifacts {location}: cannot write to the artifact store ({reason})") from None
+
+
 class PrefixedStore:
     """An artifact store whose artifacts live under ``prefix/`` of another (``s3://bucket/prefix``:
     Optuna's ``Boto3ArtifactStore`` takes a bucket only)."""

@@ -399,3 +399,17 @@ def test_bad_places_and_names_are_one_line(
     assert main([*base, *flags]) == 2
     err = capsys.readouterr().err
     assert message.replace("FILE", str(tmp_path / "FILE")) in err and "Traceback" not in err
+
+
+def test_an_artifact_store_that_cannot_be_written_is_found_before_training() -> None:
+    from search.driver.storage import probe_store
+
+    class Unreachable:
+        def write(self, key: str, body: Any) -> None:
+            raise ConnectionError("Could not connect to the endpoint URL")
+
+        def remove(self, key: str) -> None:  # pragma: no cover - never reached
+            pass
+
+    with pytest.raises(UsageError, match=r"s3://b/p: cannot write to the artifact store \(Could not connect"):
+        probe_store(Unreachable(), "s3://b/p")
