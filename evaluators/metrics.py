@@ -169,6 +169,32 @@ def _bootstrap(
     return _percentile_ci(acc), covid_ci
 
 
+def _bootstrap_images(
+    t: np.ndarray, p: np.ndarray, images: np.ndarray, resamples: int, seed: int
+) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
+    """Percentile-bootstrap intervals when an image is predicted several times (``--repeats``):
+    the distinct images are resampled, each with all its predictions, so an image counted R times
+    does not narrow the interval by sqrt(R) as if it were R independent images."""
+    if t.size == 0 or resamples <= 0:
+        return None, None
+    _, image = np.unique(images, return_inverse=True)
+    n_img = int(image.max()) + 1
+    total = np.bincount(image, minlength=n_img).astype(np.float64)
+    correct = np.bincount(image, weights=(t == p).astype(np.float64), minlength=n_img)
+    positive = np.bincount(image, weights=(t == COVID).astype(np.float64), minlength=n_img)
+    found = np.bincount(image, weights=((t == COVID) & (p == COVID)).astype(np.float64), minlength=n_img)
+    rng = np.random.default_rng(seed)
+    acc = np.empty(resamples)
+    sens = np.empty(resamples)
+    for r in range(resamples):
+        pick = rng.integers(0, n_img, n_img)
+        acc[r] = correct[pick].sum() / total[pick].sum() * 100.0
+        pos = positive[pick].sum()
+        sens[r] = found[pick].sum() / pos * 100.0 if pos > 0 else np.nan
+    covid_ci = _percentile_ci(sens) if positive.sum() > 0 else None
+    return _percentile_ci(acc), covid_ci
+
+
 def compute_metrics(
     y_true: Sequence[int] | np.ndarray | torch.Tensor,
     y_pred: Sequence[int] | np.ndarray | torch.Tensor,
@@ -178,6 +204,7 @@ def compute_metrics(
     *,
     class_names: Sequence[str] | None = None,
     bootstrap: int = BOOTSTRAP_RESAMPLES,
+    images: Sequence[str] | None = None,
 ) -> EvalResult:
     """Metrics of predictions ``y_pred`` against labels ``y_true``.
 
@@ -190,6 +217,8 @@ def compute_metrics(
         seed: seed of the bootstrap (the same seed gives the same intervals).
         class_names: names of the classes (default ``CLASS_NAMES`` for 3 classes, else "0", "1"...).
         bootstrap: number of bootstrap resamples (0 for no intervals).
+        images: which image each prediction is of, where one image is predicted several times
+            (runs with several seeds): the bootstrap then resamples distinct images.
     """
     t = np.asarray(y_true.cpu() if isinstance(y_true, torch.Tensor) else y_true, dtype=np.int64).ravel()
     p = np.asarray(y_pred.cpu() if isinstance(y_pred, torch.Tensor) else y_pred, dtype=np.int64).ravel()
@@ -230,7 +259,13 @@ def compute_metrics(
             f1=_pct(2 * tp, 2 * tp + fp + fn),
         )
     f1s = [m.f1 for m in per_class.values() if m.f1 is not None]
-    acc_ci, covid_ci = _bootstrap(cm, bootstrap, seed)
+    img = np.asarray(list(images), dtype=object) if images is not None else None
+    if img is not None and len(img) != t.size:
+        raise ValueError(f"images must name the image of each of the {t.size} predictions, got {len(img)}")
+    if img is not None and len(set(img.tolist())) < t.size:
+        acc_ci, covid_ci = _bootstrap_images(t, p, img, bootstrap, seed)
+    else:
+        acc_ci, covid_ci = _bootstrap(cm, bootstrap, seed)
     per_source: dict[str, EvalResult] = {}
     if sources is not None:
         src = np.asarray(list(sources), dtype=object)
@@ -239,7 +274,14 @@ def compute_metrics(
             for name in distinct:
                 mask = src == name
                 per_source[name] = compute_metrics(
-                    t[mask], p[mask], num_classes, None, seed, class_names=names, bootstrap=bootstrap
+                    t[mask],
+                    p[mask],
+                    num_classes,
+                    None,
+                    seed,
+                    class_names=names,
+                    bootstrap=bootstrap,
+                    images=img[mask].tolist() if img is not None else None,
                 )
     return EvalResult(
         n=n,

@@ -233,6 +233,7 @@ class _Runs:
         self.y_true: list[torch.Tensor] = []
         self.y_pred: list[torch.Tensor] = []
         self.sources: list[str] = []
+        self.images: list[str] = []  # which image each validation prediction is of
 
     def record(self, res: TrainResult, fold: int, repeat: int, val_arr: SplitArrays | None) -> None:
         if not res.ok or res.val is None:
@@ -260,14 +261,21 @@ class _Runs:
             self.y_true.append(val_arr.labels)
             self.y_pred.append(res.val_predictions)
             self.sources.extend(val_arr.sources)
+            self.images.extend(f"{s}/{f}" for s, f in zip(val_arr.sources, val_arr.filenames))
         if self.on_run is not None:
             self.on_run(len(self.runs), res.val.accuracy)
 
     def result(self, seed: int, grouping: Grouping | None, fold_sizes: list[int]) -> RunsResult:
         first = self.results[0]
         if self.y_true:
+            # With --repeats an image is predicted once per seed: bootstrap over distinct images.
             val = compute_metrics(
-                torch.cat(self.y_true), torch.cat(self.y_pred), len(CLASS_NAMES), tuple(self.sources), seed
+                torch.cat(self.y_true),
+                torch.cat(self.y_pred),
+                len(CLASS_NAMES),
+                tuple(self.sources),
+                seed,
+                images=self.images,
             )
         else:  # pragma: no cover - every successful run validates
             val = first.val  # type: ignore[assignment]

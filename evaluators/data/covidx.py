@@ -210,7 +210,7 @@ def image_size(path: Path) -> tuple[int, int]:
     """``(width, height)`` of an image from its header; ``OSError`` if it cannot be read.
 
     A PNG must also end with its IEND chunk, which catches truncated files without decoding; the
-    size and pixel format must pass ``evaluators.data.images`` (8-bit, at most 8192 x 8192).
+    size and pixel format must pass ``evaluators.data.images`` (8-bit, at most 4096 x 4096).
     """
     from evaluators.data.images import open_image
 
@@ -229,6 +229,16 @@ def image_size(path: Path) -> tuple[int, int]:
     if w < 1 or h < 1:
         raise OSError(f"image has no pixels ({w}x{h})")
     return int(w), int(h)
+
+
+def _inside(path: Path, root_real: Path) -> bool:
+    """Whether ``path``, with its links followed, lies inside ``root_real`` (a resolved folder; a
+    data folder that is itself a link to another disk is fine)."""
+    try:
+        path.resolve().relative_to(root_real)
+    except ValueError:
+        return False
+    return True
 
 
 def _image_check(path: Path, decoded: Any = None) -> tuple[int, int] | str:
@@ -397,12 +407,16 @@ def _load_source(
     decoded.save()
 
     shown_root = shown_dir / root.relative_to(src.dir)
+    root_real = root.resolve()
     first_seen: dict[str, str] = {}
     for (k, split, lf, n, (filename, label, box)), path, check in zip(parsed, paths, checks):
         where = f"{shown_dir / lf.name} line {n}"
         problem = None
         if check == "missing":
             problem = f"image {filename} not found in {shown_root}"
+        elif not _inside(path, root_real):
+            # a symbolic link out of the data folder: refused as a textual escape ("../") is
+            problem = f"image path {filename!r} is a link out of the data folder ({path.resolve()})"
         elif isinstance(check, str):
             problem = f"image {filename} is unreadable: {check}"
         elif box[2] > check[0] or box[3] > check[1]:

@@ -7,7 +7,8 @@ or NIfTI after windowing). An image is refused, with a message that names it and
   ``F``, ...). Mapping such values to 0-255 needs a window (which Hounsfield range is lung?), so
   no rule is guessed: the message points to ``search data prepare`` and to converting the image.
   Clipping to 255 (what Pillow's ``convert("L")`` does) would turn a slice white without a word;
-* it has more than ``MAX_PIXELS`` pixels (8192 x 8192): a decompression bomb, or not a CT slice;
+* it has more than ``MAX_PIXELS`` pixels (4096 x 4096): a decompression bomb, or not a CT slice
+  (a 10000 x 10000 image would take gigabytes in predict);
 * its pixel data cannot be decoded (a corrupt stream behind a valid header).
 
 ``check_decodes`` decodes a file fully once and remembers, in the decoded-image cache folder, that
@@ -26,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-MAX_PIXELS = 8192 * 8192
+MAX_SIDE = 4096
+MAX_PIXELS = MAX_SIDE * MAX_SIDE  # a CT slice is 512 x 512; predict holds a few float copies
 # Pillow modes with 8 bits per channel: converting them to gray ("L") loses no range.
 EIGHT_BIT_MODES = frozenset({"1", "L", "P", "LA", "La", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"})
 CHECKED_FILE = "decode-checked-v1.txt"
@@ -47,7 +49,7 @@ def size_problem(width: int, height: int) -> str | None:
     if width * height > MAX_PIXELS:
         return (
             f"{width}x{height} pixels ({width * height / 1e6:.0f} M), above the limit of "
-            f"{MAX_PIXELS / 1e6:.0f} M (8192x8192): a decompression bomb or not a CT slice"
+            f"{MAX_PIXELS / 1e6:.0f} M ({MAX_SIDE}x{MAX_SIDE}): a decompression bomb or not a CT slice"
         )
     return None
 
@@ -81,7 +83,8 @@ def _bomb_text(message: str) -> str:
 
     m = re.search(r"\((\d+) pixels\)", message)
     pixels = f"{int(m.group(1)) / 1e6:.0f} M pixels" if m else "too many pixels"
-    return f"{pixels}, above the limit of {MAX_PIXELS / 1e6:.0f} M (8192x8192): a decompression bomb"
+    limit = f"{MAX_PIXELS / 1e6:.0f} M ({MAX_SIDE}x{MAX_SIDE})"
+    return f"{pixels}, above the limit of {limit}: a decompression bomb"
 
 
 def decode_gray(path: str | Path) -> np.ndarray:

@@ -126,7 +126,7 @@ def run_search(args: argparse.Namespace) -> int:
 
     from search.driver.artifacts import upload_weights
     from search.driver.objective import TrainingEvaluator
-    from search.driver.storage import artifact_store, redact
+    from search.driver.storage import artifact_store, probe_store, redact
     from search.driver.study import SearchDriver, best_netscore, pareto_trials
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -134,13 +134,24 @@ def run_search(args: argparse.Namespace) -> int:
     workers = getattr(args, "workers", 1)
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
+    if config.out_dir.exists() and not config.out_dir.is_dir():
+        raise UsageError(f"--out {config.out}: is a file, not a folder")
     if workers > 1:
         return _run_workers(args, config, workers)
-    config.out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        config.out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {config.out}: cannot create the folder ({e.strerror or e})") from None
     _set_threads()
     display = _Display(config.trials, config.train.epochs, bool(args.quiet))
     evaluator = TrainingEvaluator(config, on_epoch_progress=display.epoch)
+    skipped = evaluator.dataset.skipped
+    for message in skipped:  # --skip-bad: said here and stored with the study's data attrs
+        err_console().print(f"search run: skipped {message}", markup=False, soft_wrap=True)
+    if skipped:
+        err_console().print(f"search run: skipped {len(skipped)} bad lines in all", markup=False)
     store = artifact_store(config.artifacts_dir, create_parents=config.artifacts is None)
+    probe_store(store, config.artifacts_dir)  # an unreachable store fails now, not after training
     # The driver refuses a study of other settings or data before anything is written here.
     driver = SearchDriver(config, evaluator, upload=lambda trial, path: upload_weights(store, trial, path))
     write_yaml(config, config.out_dir / "config.yaml")
@@ -179,6 +190,8 @@ def run_search(args: argparse.Namespace) -> int:
                 f"{counts['complete']} completed trials are kept.\n"
                 f"resume with: {_resume_command()}",
                 soft_wrap=True,
+                markup=False,
+                highlight=False,
             )
             return 143 if isinstance(e, Terminated) else 130
     _summary(driver, config, time.time() - start)
@@ -286,9 +299,11 @@ def _summary(driver: Any, config: RunConfig, seconds: float) -> None:
     if os.environ.get(WORKER_ENV) is not None:
         return  # one of --workers N: the launcher prints the study's summary once
     _print_pareto(pareto_trials(driver.study.get_trials(deepcopy=False)), _majority(driver.evaluator))
-    where = f"--storage {config.storage_url}" if config.storage else f"--out {config.out}"
-    con.print(f"results: {config.out_dir.resolve()} (study {config.study!r})")
-    con.print(f"report:  search report {where} --study {config.study}")
+    where = ["--storage", config.storage_url] if config.storage else ["--out", config.out]
+    con.print(f"results: {config.out_dir.resolve()} (study {config.study!r})", soft_wrap=True)
+    # one line, shell-quoted: pasted back, it runs as printed
+    report = shlex.join(["search", "report", *where, "--study", config.study])
+    con.print(f"report:  {report}", soft_wrap=True, markup=False, highlight=False)
 
 
 def _majority(evaluator: Any) -> str:

@@ -22,6 +22,7 @@ from evaluators.training import TrainConfig
 from search.errors import UsageError
 
 OBJECTIVES = ("pareto", "netscore")
+MAX_STUDY_NAME = 512
 SAMPLERS = ("nsga2", "tpe", "random", "gp")
 # What `search run` trains with unless told otherwise: the proxy protocol (a few epochs that rank
 # architectures, evaluators.training.PROTOCOLS), not the paper's 20 epochs at 512 px.
@@ -76,6 +77,11 @@ class RunConfig:
     )
     complexity_size: int = setting(512, "input size at which params/MACs/NetScore are measured (the paper's)")
     population: int = setting(8, "NSGA-II population size")
+    tpe_group: bool = setting(
+        False,
+        "TPE: model each group of co-occurring block parameters jointly (Optuna's group=True) "
+        "instead of sampling block parameters independently",
+    )
     startup_trials: int = setting(4, "random trials before TPE/GP/median pruning kick in")
     prune_warmup: int = setting(2, "epochs (or runs, with folds) before a trial may be stopped early")
     prune_margin: float = setting(
@@ -124,6 +130,8 @@ class RunConfig:
             raise ConfigError(f"prune_margin must be at least 0, got {self.prune_margin}")
         if not self.study:
             raise ConfigError("study must be a non-empty name")
+        if len(self.study) > MAX_STUDY_NAME:  # Optuna's study_name column (PostgreSQL, MySQL)
+            raise ConfigError(f"study must be at most {MAX_STUDY_NAME} characters, got {len(self.study)}")
         if self.inherit_from and self.inherit != "prototype":
             raise ConfigError("inherit_from needs inherit prototype (--inherit prototype)")
         from space.sampler import SPACES

@@ -80,6 +80,7 @@ class TrainingEvaluator:
             "data_sources": list(self.dataset.sources),
             "data_sizes": {k: len(v) for k, v in self.dataset.splits.items()},
             "majority_rate": majority_rates(self.dataset),
+            "skipped": list(self.dataset.skipped),  # --skip-bad: what was left out, line by line
         }
 
     @property

@@ -75,8 +75,13 @@ def open_storage(url: str, heartbeat: int | None = None, max_retry: int = 2) -> 
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         path = journal_path(url)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        if path.is_dir():
+            raise UsageError(f"--storage {url}: {path} is a folder; name the journal file in it")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path)))
+        except OSError as e:
+            raise UsageError(f"--storage {url}: cannot open the journal file ({e.strerror or e})") from None
     if "://" not in url:
         raise UsageError(
             f"--storage must be a URL (sqlite:///file.db, postgresql://..., journal:file.log), got {url!r}"
@@ -224,6 +229,21 @@ def artifact_store(location: str, *, create: bool = True, create_parents: bool =
     if not os.access(path, os.W_OK | os.X_OK) and create:
         raise UsageError(f"--artifacts {location}: the folder is not writable")
     return optuna.artifacts.FileSystemArtifactStore(str(path))
+
+
+def probe_store(store: Any, location: str) -> None:
+    """Write and remove a small artifact, so that a store that cannot be reached or written is
+    found before the first trial trains (not after it, at upload)."""
+    import io
+    import uuid
+
+    key = f"covidnet-nas-probe-{uuid.uuid4().hex}"
+    try:
+        store.write(key, io.BytesIO(b"probe"))
+        store.remove(key)
+    except Exception as e:
+        reason = " ".join(str(e).split())[:300] or type(e).__name__
+        raise UsageError(f"--artifacts {location}: cannot write to the artifact store ({reason})") from None
 
 
 class PrefixedStore:

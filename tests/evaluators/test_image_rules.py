@@ -120,3 +120,22 @@ def test_predict_names_each_bad_image_and_predicts_the_good_ones(tmp_path: Path)
     assert preds[1].class_name is not None
     for p, (_, reason) in zip([preds[0], preds[2], preds[3]], [BAD[k] for k in sorted(BAD)]):
         assert reason in p.error and p.file in p.error
+
+
+def test_a_link_out_of_the_data_folder_is_refused_like_a_textual_escape(tmp_path: Path) -> None:
+    from tests.evaluators.test_data import write_image
+
+    root = write_dataset(tmp_path / "d")
+    secret = tmp_path / "elsewhere" / "secret.png"
+    write_image(secret)
+    (root / "images" / "val_1.png").unlink()
+    (root / "images" / "val_1.png").symlink_to(secret)
+    with pytest.raises(DatasetError, match=r"val.txt line 2: image path 'val_1.png' is a link out of"):
+        load_dataset([root])
+    # a data folder whose images folder links to another disk is fine
+    (tmp_path / "disk").mkdir()
+    (root / "images").rename(tmp_path / "disk" / "images")
+    (root / "images").symlink_to(tmp_path / "disk" / "images")
+    (tmp_path / "disk" / "images" / "val_1.png").unlink()
+    write_image(tmp_path / "disk" / "images" / "val_1.png")
+    assert len(load_dataset([root]).splits["val"]) == 4

@@ -154,3 +154,17 @@ def test_search_run_with_one_fold_and_one_seed_stores_the_plain_evaluation(
     stored = load_weights(study, trial)
     assert stored.keys() == plain.state_dict.keys()
     assert all(torch.equal(stored[k], plain.state_dict[k]) for k in stored)
+
+
+def test_the_stopping_rule_under_folds_compares_the_running_mean(tmp_path: Path) -> None:
+    """A candidate with folds 100 then 80 has a mean of 90 after two: not 5 points below the
+    finished CT L's 90, so it runs on, although its second fold alone (80) is 10 points below."""
+    ev = FoldsEvaluator([[90.0, 90.0, 90.0], [100.0, 80.0, 90.0], [70.0, 80.0, 90.0]])
+    driver = SearchDriver(_config(tmp_path, prune_warmup=2), ev, distinct=False)
+    for _ in range(2):
+        driver.study.enqueue_trial(to_params(get_reference("ct-l")))
+    driver.run()
+    assert ev.reported == [[1, 2, 3], [1, 2, 3], [1, 2]]
+    stopped = driver.study.trials[2]
+    assert stopped.state.name == "PRUNED" and stopped.user_attrs["pruned_val_accuracy"] == 75.0
+    assert "mean of its 2 runs" in stopped.user_attrs["prune_reason"]

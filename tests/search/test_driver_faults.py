@@ -332,3 +332,84 @@ def test_a_refused_connection_is_retried_with_backoff_then_named(monkeypatch: An
         match=r"cannot open the study in postgresql://u:\*\*\*@h/db after 5 tries: FATAL: sorry, too many",
     ):
         storage.with_retry("open the study", "postgresql://u:pw@h/db", never)
+
+
+def test_tpe_says_how_it_treats_the_conditional_space(tmp_path: Any, caplog: Any) -> None:
+    import logging
+
+    from search.driver.study import _warned, make_sampler
+
+    _warned.clear()
+    with caplog.at_level(logging.WARNING, logger="search.driver.study"):
+        sampler = make_sampler(_config(tmp_path), 3)
+    assert "sampled independently" in caplog.text and not sampler._group
+    assert make_sampler(_config(tmp_path, tpe_group=True), 3)._group
+
+
+def test_search_run_says_and_stores_what_skip_bad_skipped_and_prints_a_pasteable_report_command(
+    tmp_path: Any,
+) -> None:
+    import shlex
+    import subprocess
+    import sys
+
+    from tests.evaluators.test_data import write_dataset
+
+    data = write_dataset(tmp_path / "data")
+    with (data / "val.txt").open("a") as f:
+        f.write("missing.png 0 0 0 4 4\n")
+    out = tmp_path / "my run"
+    r = subprocess.run(
+        [sys.executable, "-m", "search", "run", "--data", str(data), "--out", str(out), "--skip-bad",
+         "--trials", "1", "--epochs", "1", "--image-size", "32", "--complexity-size", "64", "--quiet"],
+        capture_output=True, text=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "skipped" in r.stderr and "val.txt line 5: image missing.png not found" in r.stderr
+    study = optuna.load_study(study_name="covidnet-ct", storage=f"sqlite:///{out / 'study.db'}")
+    assert any("val.txt line 5" in m for m in study.user_attrs["data"]["skipped"])
+    line = next(x for x in r.stdout.splitlines() if x.startswith("report:"))
+    assert shlex.split(line.split(":", 1)[1]) == [
+        "search",
+        "report",
+        "--out",
+        str(out),
+        "--study",
+        "covidnet-ct",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--out", "FILE"], "--out FILE: is a file, not a folder"),
+        (["--storage", "journal:DIR"], "is a folder; name the journal file in it"),
+        (["--study", "x" * 513], "study must be at most 512 characters, got 513"),
+    ],
+)
+def test_bad_places_and_names_are_one_line(
+    tmp_path: Any, capsys: Any, flags: list[str], message: str
+) -> None:
+    from search.cli import main
+
+    (tmp_path / "FILE").write_text("x")
+    (tmp_path / "DIR").mkdir()
+    flags = [f.replace("FILE", str(tmp_path / "FILE")).replace("DIR", str(tmp_path / "DIR")) for f in flags]
+    base = ["run", "--out", str(tmp_path / "o"), "--trials", "1", "--epochs", "1", "--quiet"]
+    assert main([*base, *flags]) == 2
+    err = capsys.readouterr().err
+    assert message.replace("FILE", str(tmp_path / "FILE")) in err and "Traceback" not in err
+
+
+def test_an_artifact_store_that_cannot_be_written_is_found_before_training() -> None:
+    from search.driver.storage import probe_store
+
+    class Unreachable:
+        def write(self, key: str, body: Any) -> None:
+            raise ConnectionError("Could not connect to the endpoint URL")
+
+        def remove(self, key: str) -> None:  # pragma: no cover - never reached
+            pass
+
+    with pytest.raises(UsageError, match=r"s3://b/p: cannot write to the artifact store \(Could not connect"):
+        probe_store(Unreachable(), "s3://b/p")
