@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,30 @@ def test_several_sources_are_one_view(tmp_path: Path, quad_data: Path) -> None: 
     assert isinstance(a.canvas, Rows) and len(a.canvas.parts) == 2
     alone = load_arrays(load_dataset([other]), "test", 32, cache_dir=tmp_path / "c")
     assert torch.equal(a.canvas[2:], alone.canvas[:])
+
+
+def test_image_checks_are_cached_by_manifest(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from evaluators.data import covidx
+
+    monkeypatch.setenv("COVIDNET_NAS_CACHE", str(tmp_path / "cache"))
+    data = write_dataset(tmp_path / "d")
+    opened: list[Path] = []
+    real = covidx._image_check
+    monkeypatch.setattr(covidx, "_image_check", lambda p: opened.append(p) or real(p))
+    first = load_dataset([data])
+    n = len(opened)
+    assert n == sum(len(v) for v in first.splits.values())
+    again = load_dataset([data])
+    assert len(opened) == n and again.splits == first.splits  # stat only, no file opened
+    img = data / "images" / "train_0.png"
+    st = img.stat()
+    os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    load_dataset([data])
+    assert len(opened) == 2 * n  # one image changed: the manifest differs, all are checked again
+    for entry in (tmp_path / "cache" / "checks").glob("*.json"):
+        entry.write_text("{not json")
+    load_dataset([data])
+    assert len(opened) == 3 * n  # a broken entry is ignored
