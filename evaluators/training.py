@@ -114,7 +114,10 @@ class TrainConfig:
         outcome=False,
     )
     channels_last: str = setting(
-        "auto", "channels_last memory format (auto: on a CUDA GPU only)", choices=SWITCHES, outcome=False
+        "auto",
+        "channels_last memory format (auto: on CUDA and the CPU, where it is faster; off on MPS)",
+        choices=SWITCHES,
+        outcome=False,
     )
     cudnn_benchmark: str = setting(
         "auto", "cuDNN autotuning of convolutions (auto: on a CUDA GPU)", choices=SWITCHES, outcome=False

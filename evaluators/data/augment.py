@@ -49,6 +49,7 @@ class Augmentation:
 
 
 PAPER = Augmentation()
+CHUNK_PIXELS = 1 << 20  # batched augmentation on the CPU: canvas pixels per chunk (cache-sized)
 
 
 def epoch_batches(
@@ -378,9 +379,12 @@ def augment_batch(
         value = torch.zeros_like(value)
         rows = cols = None
         padding = "border"
-    out = torch.empty((n, size, size), device=dev, dtype=torch.float32)
-    # on the CPU, chunks of about a million canvas pixels stay in cache; a GPU takes the batch whole
-    step = n if dev.type != "cpu" else max(1, (1 << 20) // (side * side))
+    # intensity: (sample + fill) * scale + shift, clipped to the gray levels
+    scale = p.scale.to(dev).view(-1, 1, 1)
+    bias = value.view(-1, 1, 1) * scale + p.shift.to(dev).view(-1, 1, 1)
+    # on the CPU, chunks of about CHUNK_PIXELS canvas pixels stay in cache; a GPU takes the batch whole
+    step = n if dev.type != "cpu" else max(1, CHUNK_PIXELS // (side * side))
+    chunks = []
     for a in range(0, n, step):
         b = min(n, a + step)
         src = canvas[a:b].to(torch.float32)
@@ -392,10 +396,8 @@ def augment_batch(
             along_x = theta[a:b, axis, 0, None, None] * c.view(1, 1, -1)
             along_y = theta[a:b, axis, 1, None, None] * c.view(1, -1, 1) + off[a:b, axis, None, None]
             torch.add(along_x, along_y, out=grid[..., axis])
-        out[a:b] = torch.nn.functional.grid_sample(
+        sample = torch.nn.functional.grid_sample(
             src.unsqueeze(1), grid, mode="bilinear", padding_mode=padding, align_corners=False
         )[:, 0]
-    # intensity: (sample + fill) * scale + shift, in one pass, clipped to the gray levels
-    scale = p.scale.to(dev)
-    bias = (value * scale + p.shift.to(dev)).view(-1, 1, 1)
-    return out.mul_(scale.view(-1, 1, 1)).add_(bias).clamp_(0.0, 255.0)
+        chunks.append(sample.mul_(scale[a:b]).add_(bias[a:b]).clamp_(0.0, 255.0))
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks)

@@ -27,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +35,8 @@ import torch
 from evaluators.data.covidx import CTDataset, DatasetError, Sample
 
 CACHE_ENV = "COVIDNET_NAS_CACHE"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the canvases in a raw memory-mapped file beside a small metadata file
+CHUNK = 256  # images decoded at a time while building: the builder holds one chunk, not the split
 JITTER = 0.075  # the paper's box jitter, +-7.5 % of the box size: the canvas margin
 
 
@@ -50,6 +52,96 @@ def default_cache_dir() -> Path:
 def margin_for(image_size: int) -> int:
     """Canvas margin (pixels on each side) for ``image_size``: room for the box jitter."""
     return math.ceil(image_size * JITTER)
+
+
+class Rows:
+    """Rows ``index`` of one or more ``N x H x W`` tensors (memory maps), gathered when read.
+
+    What a fold, a subset or several sources pooled together are: an index over the shared
+    decoded images, never a copy of them. Reading (``rows[key]``, with an int, a slice or an
+    index tensor first, then any further indices) gathers just those rows into a new tensor;
+    ``shape``, ``dtype`` and ``len`` are the view's.
+    """
+
+    def __init__(
+        self,
+        parts: Sequence[torch.Tensor],
+        index: torch.Tensor | None = None,
+        crop: tuple[int, int] | None = None,
+    ) -> None:
+        if not parts:
+            raise ValueError("Rows needs at least one tensor")
+        self.parts = tuple(parts)
+        sizes = [int(p.shape[0]) for p in self.parts]
+        self.offsets = torch.tensor([0, *sizes]).cumsum(0)
+        total = int(self.offsets[-1])
+        self.index = torch.arange(total) if index is None else torch.as_tensor(index, dtype=torch.long)
+        self.crop = crop  # (start, size): rows show [start : start + size] of each image axis
+
+    @property
+    def shape(self) -> torch.Size:
+        h, w = self.parts[0].shape[1:]
+        if self.crop is not None:
+            h = w = self.crop[1]
+        return torch.Size((int(self.index.shape[0]), h, w))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.parts[0].dtype
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+    def __getitem__(self, key: Any) -> torch.Tensor:
+        first, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        picked = self.index[first]
+        single = picked.ndim == 0
+        out = self._gather(picked.reshape(-1))
+        if self.crop is not None:
+            a, n = self.crop
+            out = out[:, a : a + n, a : a + n]
+        if single:
+            out = out[0]
+        if not rest:
+            return out
+        return out[rest] if single else out[(slice(None), *rest)]
+
+    def _gather(self, rows: torch.Tensor) -> torch.Tensor:
+        if len(self.parts) == 1:
+            return self.parts[0][rows]
+        part = torch.searchsorted(self.offsets[1:], rows, right=True)
+        out = torch.empty((rows.numel(), *self.parts[0].shape[1:]), dtype=self.dtype)
+        for k in part.unique().tolist():
+            sel = torch.nonzero(part == k).flatten()
+            out[sel] = self.parts[k][rows[sel] - self.offsets[k]]
+        return out
+
+    def subset(self, index: torch.Tensor | Sequence[int]) -> Rows:
+        return Rows(self.parts, self.index[torch.as_tensor(index, dtype=torch.long)], self.crop)
+
+    def cropped(self, start: int, size: int) -> Rows:
+        return Rows(self.parts, self.index, (start, size))
+
+    def contiguous_tensor(self) -> torch.Tensor:
+        """All rows as one tensor (a copy: for tests and small splits)."""
+        return self[:]
+
+    @staticmethod
+    def concat(items: Sequence[torch.Tensor | Rows]) -> Rows:
+        """Several tensors or views as one view (their row order, one after the other)."""
+        parts: list[torch.Tensor] = []
+        index: list[torch.Tensor] = []
+        for item in items:
+            base = sum(int(p.shape[0]) for p in parts)
+            if isinstance(item, Rows):
+                if item.crop is not None:
+                    raise ValueError("cannot concatenate cropped rows")
+                index.append(item.index + base)
+                parts.extend(item.parts)
+            else:
+                index.append(torch.arange(int(item.shape[0])) + base)
+                parts.append(item)
+        return Rows(parts, torch.cat(index))
 
 
 @dataclass(frozen=True)
@@ -72,7 +164,7 @@ class SplitArrays:
         from_cache: whether every part was read from the cache rather than decoded.
     """
 
-    canvas: torch.Tensor
+    canvas: torch.Tensor | Rows
     valid: torch.Tensor
     exterior: torch.Tensor
     labels: torch.Tensor
@@ -88,9 +180,11 @@ class SplitArrays:
         return int(self.labels.shape[0])
 
     @property
-    def images(self) -> torch.Tensor:
+    def images(self) -> torch.Tensor | Rows:
         """``N x S x S`` uint8: each image cropped to its box and resized (a view of the canvas)."""
         m, s = self.margin, self.image_size
+        if isinstance(self.canvas, Rows):
+            return self.canvas.cropped(m, s)
         return self.canvas[:, m : m + s, m : m + s]
 
     def batch(
@@ -102,13 +196,15 @@ class SplitArrays:
         return to_float(x, channels)
 
     def subset(self, index: torch.Tensor | Sequence[int], split: str | None = None) -> SplitArrays:
-        """The images ``index`` as a split of their own (cross-validation folds); tensors are
-        gathered, so the subset shares nothing with the cache it came from."""
+        """The images ``index`` as a split of their own (cross-validation folds): the canvases are
+        an index view (``Rows``) over the same decoded images, never a copy; the small per-image
+        fields are gathered."""
         idx = torch.as_tensor(index, dtype=torch.long)
         picks = idx.tolist()
+        canvas = self.canvas.subset(idx) if isinstance(self.canvas, Rows) else Rows([self.canvas], idx)
         return dataclasses.replace(
             self,
-            canvas=self.canvas[idx],
+            canvas=canvas,
             valid=self.valid[idx],
             exterior=self.exterior[idx],
             labels=self.labels[idx],
@@ -119,7 +215,8 @@ class SplitArrays:
 
 
 def concat_arrays(parts: Sequence[SplitArrays], split: str = "pool") -> SplitArrays:
-    """Several decoded splits of one image size as one (e.g. train + val, pooled for folds)."""
+    """Several decoded splits of one image size as one (e.g. train + val, pooled for folds); the
+    canvases are an index view over the parts' (``Rows``), never a copy."""
     if not parts:
         raise ValueError("concat_arrays needs at least one split")
     sizes = {(p.image_size, p.margin) for p in parts}
@@ -128,7 +225,7 @@ def concat_arrays(parts: Sequence[SplitArrays], split: str = "pool") -> SplitArr
     first = parts[0]
     return dataclasses.replace(
         first,
-        canvas=torch.cat([p.canvas for p in parts]),
+        canvas=Rows.concat([p.canvas for p in parts]) if len(parts) > 1 else first.canvas,
         valid=torch.cat([p.valid for p in parts]),
         exterior=torch.cat([p.exterior for p in parts]),
         labels=torch.cat([p.labels for p in parts]),
@@ -212,25 +309,47 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _canvas_path(meta: Path) -> Path:
+    return meta.with_suffix(".canvas")
+
+
 def _read(path: Path, key: str, n: int) -> dict | None:
-    """The cache entry at ``path``, or None where it is missing, unreadable or not ``key``'s."""
+    """The cache entry whose metadata is ``path`` (its canvases memory-mapped from the ``.canvas``
+    file beside it), or None where it is missing, unreadable, incomplete or not ``key``'s."""
     if not path.is_file():
         return None
     try:
-        d = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        d = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # a corrupt or foreign file is rebuilt, never trusted
         return None
     ok = (
         isinstance(d, dict)
         and d.get("key") == key
         and d.get("version") == CACHE_VERSION
-        and all(isinstance(d.get(k), torch.Tensor) for k in ("canvas", "valid", "exterior"))
-        and int(d["canvas"].shape[0]) == n
+        and all(isinstance(d.get(k), torch.Tensor) for k in ("valid", "exterior"))
+        and d.get("n") == n
     )
-    return d if ok else None
+    if not ok:
+        return None
+    side = int(d["side"])
+    data = _canvas_path(path)
+    if not data.is_file() or data.stat().st_size != n * side * side:
+        return None
+    if n == 0:
+        canvas = torch.empty((0, side, side), dtype=torch.uint8)
+    else:
+        # copy-on-write mapping: writable for torch, pages shared with the page cache (never written)
+        canvas = torch.from_numpy(np.memmap(data, dtype=np.uint8, mode="c", shape=(n, side, side)))
+    return {"canvas": canvas, "valid": d["valid"], "exterior": d["exterior"]}
 
 
-def _decode(samples: Sequence[Sample], image_size: int, workers: int, label: str = "") -> dict:
+def _decode_into(
+    samples: Sequence[Sample], image_size: int, workers: int, sink: Any, label: str = ""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode ``samples`` ``CHUNK`` images at a time, writing each chunk's canvases to ``sink``
+    (a binary file, or an ``N x side x side`` uint8 tensor) as it is done; returns ``(valid,
+    exterior)``. Memory: one chunk of canvases, never the split."""
+
     def one(s: Sample) -> tuple[np.ndarray, tuple, int]:
         try:
             return render(s.path, s.box, image_size)
@@ -240,7 +359,6 @@ def _decode(samples: Sequence[Sample], image_size: int, workers: int, label: str
             ) from None
 
     size = image_size + 2 * margin_for(image_size)
-    canvas = torch.empty((len(samples), size, size), dtype=torch.uint8)
     valid = torch.empty((len(samples), 4), dtype=torch.int32)
     exterior = torch.empty(len(samples), dtype=torch.uint8)
     with contextlib.ExitStack() as stack:
@@ -252,13 +370,59 @@ def _decode(samples: Sequence[Sample], image_size: int, workers: int, label: str
             bar = stack.enter_context(Progress(console=Console(stderr=True), transient=True))
             task = bar.add_task(label, total=len(samples))
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=max(1, workers)))  # Pillow frees the GIL
-        for i, (c, v, e) in enumerate(pool.map(one, samples)):
-            canvas[i].numpy()[...] = c
-            valid[i] = torch.tensor(v, dtype=torch.int32)
-            exterior[i] = e
-            if bar is not None and task is not None and (i % 256 == 255 or i == len(samples) - 1):
-                bar.update(task, completed=i + 1)
+        for start in range(0, len(samples), CHUNK):
+            chunk = samples[start : start + CHUNK]
+            buf = np.empty((len(chunk), size, size), dtype=np.uint8)
+            for j, (c, v, e) in enumerate(pool.map(one, chunk)):
+                buf[j] = c
+                valid[start + j] = torch.tensor(v, dtype=torch.int32)
+                exterior[start + j] = e
+            if isinstance(sink, torch.Tensor):
+                sink[start : start + len(chunk)] = torch.from_numpy(buf)
+            else:
+                sink.write(buf.tobytes())
+            if bar is not None and task is not None:
+                bar.update(task, completed=start + len(chunk))
+    return valid, exterior
+
+
+def _decode(samples: Sequence[Sample], image_size: int, workers: int, label: str = "") -> dict:
+    """Decode into memory (no cache)."""
+    size = image_size + 2 * margin_for(image_size)
+    canvas = torch.empty((len(samples), size, size), dtype=torch.uint8)
+    valid, exterior = _decode_into(samples, image_size, workers, canvas, label)
     return {"canvas": canvas, "valid": valid, "exterior": exterior}
+
+
+def _build(
+    path: Path, key: str, samples: Sequence[Sample], image_size: int, workers: int, label: str
+) -> None:
+    """Decode ``samples`` chunk by chunk straight into the ``.canvas`` file, then write the
+    metadata ``path`` (the entry exists once its metadata does; both are renamed into place)."""
+    data = _canvas_path(path)
+    fd, tmp = tempfile.mkstemp(prefix=data.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            valid, exterior = _decode_into(samples, image_size, workers, f, label)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; other workers of the user's group read it
+        os.replace(tmp, data)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    side = image_size + 2 * margin_for(image_size)
+    meta = {
+        "key": key,
+        "version": CACHE_VERSION,
+        "image_size": image_size,
+        "side": side,
+        "n": len(samples),
+        "valid": valid,
+        "exterior": exterior,
+    }
+    _write(path, meta)
 
 
 def _write(path: Path, d: dict) -> None:
@@ -268,7 +432,7 @@ def _write(path: Path, d: dict) -> None:
             torch.save(d, f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; other workers of the user's group read it
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -337,18 +501,21 @@ def load_arrays(
                 d = _read(path, key, len(mine))  # another worker may have written it meanwhile
                 if d is None:
                     all_cached = False
-                    d = _decode(mine, image_size, workers, label(source))
-                    d.update(key=key, version=CACHE_VERSION, image_size=image_size)
-                    _write(path, d)
+                    _build(path, key, mine, image_size, workers, label(source))
+                    d = _read(path, key, len(mine))
+                    if d is None:  # pragma: no cover - a file system that loses what it was given
+                        raise OSError(f"the cache entry {path} could not be read back after writing it")
         parts.append(d)
         files.append(path)
 
     def cat(name: str) -> torch.Tensor:
         return parts[0][name] if len(parts) == 1 else torch.cat([p[name] for p in parts])
 
+    canvas = parts[0]["canvas"] if len(parts) == 1 else Rows.concat([p["canvas"] for p in parts])
+
     by_source = [s for source in dataset.sources for s in samples if s.source == source]
     return SplitArrays(
-        canvas=cat("canvas"),
+        canvas=canvas,
         valid=cat("valid"),
         exterior=cat("exterior"),
         labels=torch.tensor([s.label for s in by_source], dtype=torch.long),

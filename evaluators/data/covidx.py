@@ -254,6 +254,63 @@ def _image_check(path: Path, decoded: Any = None) -> tuple[int, int] | str:
     return problem if problem else size
 
 
+CHECKS_VERSION = 2  # 2: the check decodes the pixel data too
+
+
+def _manifest(paths: Sequence[Path]) -> tuple[str, list[tuple[int, int] | None]]:
+    """A SHA-256 over every image's path, size and modification time (``stat``, no open), and
+    each image's ``(size, mtime_ns)`` (None where it is missing)."""
+    h = hashlib.sha256(f"checks v{CHECKS_VERSION}\n".encode())
+    stats: list[tuple[int, int] | None] = []
+    for path in paths:
+        try:
+            st = path.stat()
+            stats.append((st.st_size, st.st_mtime_ns))
+        except OSError:
+            stats.append(None)
+        h.update(f"{path}\0{stats[-1]}\n".encode())
+    return h.hexdigest(), stats
+
+
+def checked_images(paths: Sequence[Path], cache_dir: Path | None = None) -> list[tuple[int, int] | str]:
+    """``_image_check`` of every path, cached: the results are kept in the image cache folder
+    under the manifest hash of the files (path, size, mtime), so a later worker start stats each
+    file instead of opening it; any changed, added or removed image changes the hash and checks
+    everything again. A cache folder that cannot be written only costs the speed."""
+    import json
+    import logging
+    import os
+    import tempfile
+
+    from evaluators.data.cache import default_cache_dir
+
+    digest, _ = _manifest(paths)
+    folder = (cache_dir or default_cache_dir()) / "checks"
+    entry = folder / f"{digest[:32]}.json"
+    try:
+        stored = json.loads(entry.read_text())
+        if stored.get("manifest") == digest and len(stored.get("checks", ())) == len(paths):
+            return [tuple(c) if isinstance(c, list) else c for c in stored["checks"]]
+    except (OSError, ValueError, AttributeError):
+        pass
+    from evaluators.data.images import DecodeChecks
+
+    decoded = DecodeChecks(cache_dir)  # each image's pixels decode once (remembered in the cache folder)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        checks = list(pool.map(lambda p: _image_check(p, decoded), paths, chunksize=64))
+    decoded.save()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=entry.name + ".", suffix=".tmp", dir=folder)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"manifest": digest, "checks": checks}, f)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, entry)
+    except OSError as e:
+        logging.getLogger(__name__).info("image checks not cached (%s): %s", folder, e)
+    return checks
+
+
 def _parse_line(text: str) -> tuple[str, int, tuple[int, int, int, int]] | str:
     """``(filename, label, box)`` of one label line, or the problem with it."""
     parts = text.split()
@@ -399,12 +456,7 @@ def _load_source(
 
     root = _choose_image_folder(src.dir, src.variant, (p[4][0] for p in parsed))
     paths = [root / p[4][0] for p in parsed]
-    from evaluators.data.images import DecodeChecks
-
-    decoded = DecodeChecks()  # every image decodes once (remembered in the cache folder)
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        checks = list(pool.map(lambda p: _image_check(p, decoded), paths, chunksize=64))
-    decoded.save()
+    checks = checked_images(paths)
 
     shown_root = shown_dir / root.relative_to(src.dir)
     root_real = root.resolve()

@@ -1,4 +1,5 @@
-"""``search data prepare``: CT scans (DICOM series, NIfTI volumes) to a COVIDx CT dataset."""
+"""``search data prepare``: CT scans (DICOM series, NIfTI volumes) to a COVIDx CT dataset;
+``search data cache``: decode a dataset into the memory-mapped image cache, once per node."""
 
 from __future__ import annotations
 
@@ -66,6 +67,84 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--overwrite", action="store_true", help="replace an --out this command wrote before")
     q.add_argument("--json", action="store_true", help="print the summary as JSON")
     q.set_defaults(func=run_prepare)
+
+    c = dsub.add_parser(
+        "cache",
+        help="decode a dataset into the image cache (once per node, before launching workers)",
+        description=(
+            "Decode every split of --data at --image-size into the decoded-image cache (a memory-mapped "
+            "file per source and split, built a chunk at a time), so that workers started afterwards "
+            "only map it. Already cached splits are checked and kept."
+        ),
+    )
+    c.add_argument(
+        "--data",
+        type=Path,
+        action="append",
+        metavar="DIR",
+        help="dataset folder (repeatable; default: the bundled data)",
+    )
+    c.add_argument("--image-size", type=int, required=True, metavar="N", help="side of the decoded images")
+    c.add_argument(
+        "--cache-dir",
+        type=Path,
+        metavar="DIR",
+        help="the cache folder (default $COVIDNET_NAS_CACHE or ~/.cache/covidnet-nas)",
+    )
+    c.add_argument(
+        "--splits", default="train,val,test", metavar="S,S", help="splits to decode (default train,val,test)"
+    )
+    c.add_argument(
+        "--workers", type=int, metavar="N", help="decoding threads (default: CPU count, at most 8)"
+    )
+    c.add_argument("--json", action="store_true", help="print the summary as JSON")
+    c.set_defaults(func=run_cache)
+
+
+def run_cache(args: argparse.Namespace) -> int:
+    import time
+
+    from evaluators.data.cache import default_cache_dir, load_arrays
+    from evaluators.data.covidx import SPLITS, load_dataset
+
+    splits = [t.strip() for t in args.splits.split(",") if t.strip()]
+    bad = [t for t in splits if t not in SPLITS]
+    if bad or not splits:
+        raise UsageError(f"--splits must name some of {', '.join(SPLITS)}, got {args.splits!r}")
+    if args.image_size < 8:
+        raise UsageError(f"--image-size must be at least 8, got {args.image_size}")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    dataset = load_dataset(args.data or None)
+    folder = args.cache_dir or default_cache_dir()
+    rows, out = [], []
+    for split in splits:
+        t = time.perf_counter()
+        arr = load_arrays(
+            dataset, split, args.image_size, cache_dir=folder, workers=args.workers, progress=True
+        )
+        files = [f.with_suffix(".canvas") for f in arr.cache_files]
+        size = sum(f.stat().st_size for f in files)
+        seconds = time.perf_counter() - t
+        state = "cached already" if arr.from_cache else "decoded"
+        rows.append([split, len(arr), f"{size / 1e6:,.1f} MB", state, f"{seconds:.1f} s"])
+        out.append(
+            {
+                "split": split,
+                "images": len(arr),
+                "bytes": size,
+                "decoded": not arr.from_cache,
+                "seconds": round(seconds, 2),
+                "files": [str(f) for f in files],
+            }
+        )
+    if args.json:
+        print(json.dumps({"image_size": args.image_size, "cache_dir": str(folder), "splits": out}, indent=2))
+        return 0
+    print_table(
+        f"image cache at {args.image_size} px in {folder}", ["split", "images", "size", "state", "time"], rows
+    )
+    return 0
 
 
 def run_prepare(args: argparse.Namespace) -> int:

@@ -116,7 +116,9 @@ def test_two_workers_on_a_journal_study(tmp_path: Path) -> None:
     runtime = [t.user_attrs["runtime"] for t in done]
     assert {rt["worker"] for rt in runtime} == {"0", "1"}  # both contributed
     assert all(rt["threads"] == 1 or rt["threads"] == max(1, os.cpu_count() // 2) for rt in runtime)
-    assert all(rt["device"] == "cpu" and rt["precision"] == "fp32" and rt["versions"]["torch"] for rt in runtime)
+    assert all(
+        rt["device"] == "cpu" and rt["precision"] == "fp32" and rt["versions"]["torch"] for rt in runtime
+    )
     assert "[w0] " in r.stdout and "[w1] " in r.stdout and "all 2 workers done" in r.stdout
     assert r.stdout.count("Pareto set") == 1  # one summary, from the launcher
 
