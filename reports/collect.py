@@ -27,6 +27,7 @@ CT_L_ORIGIN = "prototype:ct-l"
 KIND_SEARCH = "search"
 KIND_BASELINE = "baseline"
 KIND_PRUNED = "pruned"
+KIND_FINAL = "final"  # ``<study>:final``: models retrained at full fidelity (``search final``)
 STATUSES = ("complete", "pruned", "infeasible", "failed", "interrupted", "running", "waiting")
 # The columns trials.csv starts with; every stored attribute follows as ``attr.<path>``.
 CORE_COLUMNS = (
@@ -76,6 +77,7 @@ class Collection:
         study_attrs: the search study's user attrs (``objective``, ``run_config``, ...).
         companions: names of the companion studies read.
         started: when the search study's first trial started.
+        companion_attrs: each companion study's user attrs, by name (``final_config``, ...).
     """
 
     study: str
@@ -83,6 +85,7 @@ class Collection:
     study_attrs: dict[str, Any] = field(default_factory=dict)
     companions: list[str] = field(default_factory=list)
     started: datetime | None = None
+    companion_attrs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def of_kind(self, kind: str) -> pd.DataFrame:
         return self.frame[self.frame["kind"] == kind]
@@ -90,6 +93,12 @@ class Collection:
     @property
     def search(self) -> pd.DataFrame:
         return self.frame[self.frame["study"] == self.study]
+
+    @property
+    def proxy_measured(self) -> pd.DataFrame:
+        """Every measured model but the final stage's (whose figures come from another training)."""
+        f = self.frame
+        return f[f["measured"] & (f["kind"] != KIND_FINAL)]
 
     @property
     def candidates(self) -> pd.DataFrame:
@@ -120,12 +129,14 @@ def collect(storage: str | BaseStorage, study: str) -> Collection:
     starts = [t.datetime_start for t in trials if t.datetime_start is not None]
     started = min(starts) if starts else None
     rows = [_row(t, study, KIND_SEARCH, started) for t in trials]
+    companion_attrs: dict[str, dict[str, Any]] = {}
     for name in companions:
         other = optuna.load_study(study_name=name, storage=storage)
+        companion_attrs[name] = dict(other.user_attrs)
         default_kind = str(other.user_attrs.get("kind", name.split(":", 1)[1].rstrip("s") or "other"))
         rows += [_row(t, name, default_kind, started) for t in other.get_trials(deepcopy=False)]
     frame = pd.DataFrame(rows, columns=[*CORE_COLUMNS, "val_view", "test_view", "attrs", "trial_params"])
-    return Collection(study, frame, dict(main.user_attrs), companions, started)
+    return Collection(study, frame, dict(main.user_attrs), companions, started, companion_attrs)
 
 
 def _status(t: FrozenTrial) -> str:
@@ -198,8 +209,8 @@ def _label(number: int, kind: str, a: Mapping[str, Any], is_ct_l: bool) -> str:
         return str(a.get("display_name") or a.get("baseline") or f"baseline #{number}")
     if is_ct_l:
         return f"CT L (prototype, #{number})"
-    if kind == KIND_PRUNED:
-        return str(a.get("display_name") or f"pruned #{number}")
+    if kind in (KIND_PRUNED, KIND_FINAL):
+        return str(a.get("display_name") or f"{kind} #{number}")
     return f"#{number} {a.get('arch_id', '?')}"
 
 

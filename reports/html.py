@@ -54,6 +54,7 @@ def index_page(
     plot_script: str,
     hypervolume_note: str,
     downloads: Sequence[str],
+    final_tables: Sequence[Table] = (),
 ) -> str:
     """The whole page as text."""
     e = html.escape
@@ -83,6 +84,22 @@ def index_page(
         parts.append(f"<h2>{e(t.title)}</h2>")
         parts.append(t.to_html())
         parts.append(_links([f"{t.name}.md", f"{t.name}.csv"]))
+    if final_tables:
+        parts.append('<h2 id="final-stage">Final stage (full training, test split)</h2>')
+        parts.append(
+            '<p class="note">The models of the final stage were retrained under one final '
+            "configuration; their figures are shown here only, never beside the proxy's above.</p>"
+        )
+        parts.append(
+            '<div class="pics">'
+            + _figure("final_pareto_macs.png", "final_pareto_macs.svg", "final accuracy against MACs")
+            + _figure("final_pareto_params.png", "final_pareto_params.svg", "final accuracy against params")
+            + "</div>"
+        )
+        for t in final_tables:
+            parts.append(f"<h3>{e(t.title)}</h3>")
+            parts.append(t.to_html())
+            parts.append(_links([f"{t.name}.md", f"{t.name}.csv"]))
     parts.append("<h2>Search progress</h2>")
     parts.append(
         '<div class="pics">'

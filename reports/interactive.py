@@ -139,7 +139,7 @@ def _svg(collection: Collection, all_groups: list[Group], axis: str) -> str:
     sc = _Scale(xs.min() / 1.6, xs.max() * 1.6, max(0.0, ys.min() - 5), min(101.0, ys.max() + 3))
     out = [f'<svg viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" aria-label="accuracy, {axis}">']
     out += _frame(sc, f"{AXES[axis]} ({unit_name}, log scale)")
-    measured = collection.frame[collection.frame["measured"]]
+    measured = collection.proxy_measured
     if axis == "macs" and len(measured):
         out += _iso_lines(sc, measured, div)
     if len(collection.candidates):

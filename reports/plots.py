@@ -39,7 +39,7 @@ def pareto_plot(
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(9.0, 5.0))
     all_groups = groups(collection, pareto_rows)
-    measured = collection.frame[collection.frame["measured"]]
+    measured = collection.proxy_measured
     accs = measured["val_accuracy"].to_numpy(dtype=float)
     finite = [g.y[np.isfinite(g.y)] for g in all_groups]
     ys = np.concatenate([accs, *finite]) if len(accs) or finite else np.array([50.0])

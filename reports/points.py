@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from reports.collect import KIND_BASELINE, KIND_PRUNED, KIND_SEARCH, Collection
+from reports.collect import KIND_BASELINE, KIND_FINAL, KIND_PRUNED, KIND_SEARCH, Collection
 from reports.pareto import front_2d
 
 AXES = {"macs": "MACs", "params": "params"}
@@ -88,7 +88,8 @@ def groups(collection: Collection, pareto_rows: pd.DataFrame) -> list[Group]:
     base = f[(f["kind"] == KIND_BASELINE) & f["measured"]]
     if len(base):
         out.append(Group("baseline", "baseline", base, _acc(base), "s", "#ef6c00", 60, labelled=True))
-    known = {KIND_SEARCH, KIND_BASELINE, KIND_PRUNED}
+    # the final stage's models are drawn in their own picture (reports.final), never beside proxy figures
+    known = {KIND_SEARCH, KIND_BASELINE, KIND_PRUNED, KIND_FINAL}
     other = f[~f["kind"].isin(known) & f["measured"]]
     if len(other):
         out.append(Group("other", "other models", other, _acc(other), "D", "#6a1b9a", 50, labelled=True))

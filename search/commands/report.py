@@ -95,6 +95,12 @@ def run_report(args: argparse.Namespace) -> int:
         f"Pareto members {s['Pareto members']} (trials {', '.join(map(str, report.pareto_numbers))}); "
         f"best NetScore {s['best NetScore']}; hypervolume {s['hypervolume']:.4f}"
     )
+    if report.final is not None:
+        con.print(
+            f"final stage: {s['final stage']}; final Pareto: {s['final Pareto members']}; "
+            f"proxy fidelity (Kendall tau) {s['proxy fidelity (Kendall tau, proxy vs final)']}",
+            soft_wrap=True,
+        )
     if not quiet:
         _print_table3(report.tables[0])
     con.print(f"report: {report.index.resolve()}")

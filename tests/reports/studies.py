@@ -193,3 +193,52 @@ def fill_study(
         attrs.update(_trained_attrs(acc, p, m, ok, 120.0))
         _add(pstudy, create_trial(values=[acc, float(p), float(m)], user_attrs=attrs), clock, 120.0)
     return study
+
+
+# (role, display name, source trial, proxy accuracy, final runs, params, MACs) of a ``<study>:final``
+FINAL = [
+    ("candidate", "trial 1", 1, 82.0, (85.0, 84.0, 86.0), 900_000, 20_000_000),
+    ("candidate", "trial 4", 4, 84.0, (88.0, 87.0, 89.0), 2_000_000, 40_000_000),
+    ("candidate", "trial 5", 5, 78.0, (80.0, 79.0, 81.0), 600_000, 15_000_000),
+    ("prototype", "CT L", 0, 80.0, (86.0, 85.5, 86.5), 1_408_803, 32_250_000),
+    ("reference", "CT S", None, None, (82.0, 81.0, 83.0), 447_099, 9_500_000),
+    ("baseline", "MobileNetV2", None, 78.0, (84.0, 83.0, 85.0), 2_228_000, 25_500_000),
+]
+# proxy order 78, 80, 82, 84 -> final 80, 86, 85, 88: 5 of 6 pairs concordant, Kendall tau-b 2/3
+FINAL_TAU = 2 / 3
+
+
+def fill_final(url: str, study_name: str = "t", epochs: int = 3) -> optuna.Study:
+    """``<study>:final`` as ``search final`` leaves it (every model trained 3 times)."""
+    from evaluators.uncertainty import Uncertain
+
+    study = optuna.create_study(
+        storage=url, study_name=f"{study_name}:final", directions=["maximize", "minimize", "minimize"]
+    )
+    study.set_user_attr("kind", "final")
+    study.set_user_attr("search_study", study_name)
+    study.set_user_attr(
+        "final_config", {"protocol": "final", "epochs": epochs, "image_size": 64, "repeats": 3, "cv_folds": 1}
+    )
+    for role, name, source, proxy, runs, p, m in FINAL:
+        u = Uncertain.of(runs)
+        acc = u.mean
+        attrs = _trained_attrs(acc, p, m, (25, 25), 200.0)
+        attrs.update(
+            {
+                "kind": "final",
+                "role": role,
+                "display_name": name,
+                "source_trial": source,
+                "proxy_val_accuracy": proxy,
+                "arch_id": f"f-{name.replace(' ', '')}",
+                "final_split": "test",
+                "final_accuracy": acc,
+                "final_accuracy_uncertainty": u.to_dict(),
+                "final_netscore": netscore(acc, p, m),
+                "train_config": {"epochs": epochs, "image_size": 64},
+            }
+        )
+        trial = create_trial(values=[acc, float(p), float(m)], user_attrs=attrs)
+        _add(study, trial, T0 + dt.timedelta(hours=1), 200.0)
+    return study

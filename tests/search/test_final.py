@@ -98,3 +98,23 @@ def test_nothing_chosen_is_a_usage_error(searched: Path, capsys: pytest.CaptureF
     assert "choose what to finalise" in capsys.readouterr().err
     assert main(["--quiet", "final", "--out", str(searched), "--trial", "99"]) == 2
     assert "no trial 99" in capsys.readouterr().err
+
+
+def test_report_shows_the_final_stage(searched: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    assert _final(searched, "--top", "2", "--baselines", "mobilenet_v2") == 0  # nothing new if done
+    capsys.readouterr()
+    assert main(["--quiet", "report", "--out", str(searched), "--explain", "0"]) == 0
+    assert "proxy fidelity (Kendall tau)" in capsys.readouterr().out
+    data = json.loads((searched / "report" / "report.json").read_text())
+    final = data["final"]
+    roles = sorted(m["role"] for m in final["models"])
+    assert roles == ["baseline", "candidate", "candidate", "prototype", "reference"]
+    assert all(m["runs"] == 2 and m["final_ci"] is not None for m in final["models"])
+    assert final["pareto"] and set(final["pareto"]) <= {m["label"] for m in final["models"]}
+    assert final["fidelity"]["n"] == 3  # two candidates and CT L
+    page = (searched / "report" / "index.html").read_text()
+    assert "Final stage" in page and "Kendall tau-b" in page
+    for m in final["models"]:
+        assert f"{m['final_accuracy']:.1f} ± {m['final_std']:.1f}" in page
