@@ -147,7 +147,6 @@ def _svg(collection: Collection, all_groups: list[Group], axis: str) -> str:
         path = [f"M{_p(sc.x(fx[0] / div), sc.y(fy[0]))}"]
         for i in range(1, len(fx)):
             path.append(f"L{_p(sc.x(fx[i] / div), sc.y(fy[i - 1]))} L{_p(sc.x(fx[i] / div), sc.y(fy[i]))}")
-        path.append(f"L{_p(W - RIGHT, sc.y(fy[-1]))}")
         out.append(
             f'<path class="grp-front" d="{" ".join(path)}" fill="none" stroke="#1f4e8c" stroke-width="1.5"/>'
         )

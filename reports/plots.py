@@ -60,10 +60,9 @@ def pareto_plot(
 
 
 def _front(ax: Any, candidates: pd.DataFrame, axis: str, scale: float) -> None:
-    """The 2-D non-dominated front of the searched candidates as a step line."""
+    """The 2-D non-dominated front of the searched candidates as a step line, from its first to its
+    last member (never beyond: past the last member nothing was found)."""
     fx, fy = front_line(candidates, axis)
-    fx = np.append(fx, fx[-1] * 1.5)
-    fy = np.append(fy, fy[-1])
     ax.step(
         fx / scale,
         fy,
