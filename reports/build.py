@@ -36,6 +36,7 @@ from reports.final import FinalStage, final_json, final_plot, final_stage, final
 from reports.pareto import pareto_indices
 from reports.plots import pareto_plot, progress_plot
 from reports.progress import Progress, progress
+from reports.setup import setup, setup_table
 from reports.tables import Table, per_class_table, summary_table, table3, tradeoff_table
 from space.errors import UserInputError
 
@@ -57,6 +58,7 @@ class Report:
     tables: list[Table] = field(default_factory=list)
     final: FinalStage | None = None
     final_tables: list[Table] = field(default_factory=list)
+    setup: dict[str, Any] = field(default_factory=dict)
 
     @property
     def index(self) -> Path:
@@ -164,6 +166,7 @@ def build_report(
     prog = progress(collection)
     report.pareto_numbers = [int(n) for n in front["number"]]
     report.summary = summarise(collection, front, prog)
+    report.setup = setup(collection, source)
     report.files += pareto_plot(collection, front, "macs", out, "pareto_macs")
     report.files += pareto_plot(collection, front, "params", out, "pareto_params")
     report.files += progress_plot(prog, out)
@@ -247,6 +250,7 @@ def _write_data(
     progress_csv = out / "progress.csv"
     prog.by_number.to_csv(progress_csv, index=False)
     meta = {
+        "setup": report.setup,
         "summary": report.summary,
         "pareto_trials": report.pareto_numbers,
         "hypervolume": {
@@ -284,6 +288,7 @@ def _write_pages(
         html_page.index_page(
             title=f"Search report: {study}",
             summary=summary_table({k: v for k, v in report.summary.items() if k != "compute seconds"}),
+            setup=setup_table(report.setup),
             banner=banner,
             tables=report.tables,
             plot_fragment=interactive.plot_fragment(collection, front),

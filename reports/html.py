@@ -55,6 +55,7 @@ def index_page(
     hypervolume_note: str,
     downloads: Sequence[str],
     final_tables: Sequence[Table] = (),
+    setup: Table | None = None,
 ) -> str:
     """The whole page as text."""
     e = html.escape
@@ -66,6 +67,10 @@ def index_page(
     ]
     if banner:
         parts.append(f'<p class="banner">{e(banner)}</p>')
+    if setup is not None:
+        parts.append('<section id="setup">')
+        parts.append(setup.to_html())
+        parts.append("</section>")
     parts.append(summary.to_html())
     parts.append("<h2>Pareto fronts</h2>")
     parts.append(

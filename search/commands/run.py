@@ -97,6 +97,10 @@ def run_search(args: argparse.Namespace) -> int:
     if driver.created:
         driver.study.set_user_attr("artifacts", config.artifacts_dir)
         driver.study.set_user_attr("data", evaluator.data_attrs())
+    if "environment" not in driver.study.user_attrs:
+        from evaluators.device import environment
+
+        driver.study.set_user_attr("environment", environment(config.train.device))
     con = console()
     verb = "created" if driver.created else "resumed"
     con.print(
