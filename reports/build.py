@@ -224,7 +224,7 @@ def _tables(
     candidates = collection.proxy_measured[collection.proxy_measured["kind"] != KIND_BASELINE]
     baselines = collection.frame[collection.frame["measured"] & (collection.frame["kind"] == KIND_BASELINE)]
     tables: list[Table] = [
-        table3(rows, size),
+        table3(rows, size, {k: collection.majority_rate(k) for k in ("val", "test")}),
         per_class_table(rows, split, ("sensitivity", "ppv"), 4),
         per_class_table(rows, split, ("specificity", "npv"), 5),
         tradeoff_table(baselines, candidates),

@@ -105,6 +105,13 @@ class Collection:
         """The search's measured, feasible candidates: the points of its Pareto front."""
         return self.frame[self.frame["candidate"]]
 
+    def majority_rate(self, split: str, study: str | None = None) -> float | None:
+        """The majority-class rate (%) of ``split`` stored by ``study`` (default: the search's):
+        the accuracy of always predicting the largest class."""
+        attrs = self.study_attrs if study is None else self.companion_attrs.get(study, {})
+        rates = (attrs.get("data") or {}).get("majority_rate") or {}
+        return _float(rates.get(split))
+
     def counts(self) -> dict[str, int]:
         """Trials of the search study by status (running and waiting ones included)."""
         out = dict.fromkeys(STATUSES, 0)

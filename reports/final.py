@@ -17,7 +17,7 @@ module gives them their own tables and pictures:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from reports.collect import KIND_FINAL, Collection
 from reports.figures import pyplot, styled
 from reports.pareto import dominates, front_2d, pareto_indices
 from reports.points import AXES, unit
-from reports.tables import NA, Column, Table
+from reports.tables import MAJORITY_LABEL, NA, Column, Table
 
 # roles of the search's own trials (their proxy accuracy comes from the search itself)
 SEARCHED_ROLES = ("candidate", "prototype")
@@ -58,6 +58,7 @@ class FinalStage:
     rows: pd.DataFrame
     config: dict[str, Any]
     fidelity: dict[str, Any] | None
+    majority: dict[str, float] = field(default_factory=dict)
 
     @property
     def front(self) -> pd.DataFrame:
@@ -112,7 +113,10 @@ def final_stage(collection: Collection, draws: int = 2000) -> FinalStage | None:
     rows["pareto"] = [i in on_front for i in range(len(rows))]
     name = collection.study + ":final"
     config = dict(collection.companion_attrs.get(name, {}).get("final_config") or {})
-    stage = FinalStage(collection.study, rows, config, None)
+    rates = {k: collection.majority_rate(k, name) for k in ("train", "val", "test")}
+    stage = FinalStage(
+        collection.study, rows, config, None, {k: v for k, v in rates.items() if v is not None}
+    )
     searched = stage.searched
     if len(searched) >= 2:
         stage.fidelity = fidelity(
@@ -175,6 +179,16 @@ def accuracy_table(stage: FinalStage) -> Table:
                 "netscore": r["final_netscore"],
             }
         )
+    split = splits[0] if len(splits) == 1 else None
+    if split is not None and stage.majority.get(split) is not None:
+        t.rows.append(
+            {
+                "label": MAJORITY_LABEL,
+                "role": "chance level",
+                "final": (stage.majority[split], None, None),
+            }
+        )
+        t.note += f" {MAJORITY_LABEL}: always predicting the largest class of the {split} split."
     return t
 
 
@@ -311,7 +325,7 @@ def final_tables(stage: FinalStage) -> list[Table]:
 def final_plot(stage: FinalStage, axis: str, out_dir: Path, stem: str) -> list[Path]:
     """Final accuracy (with its 95 % interval as an error bar) against ``axis``, log scale; the
     final front's step line runs from its first to its last member."""
-    from reports.plots import _save
+    from reports.plots import _save, majority_line
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(9.0, 5.0))
@@ -337,6 +351,11 @@ def final_plot(stage: FinalStage, axis: str, out_dir: Path, stem: str) -> list[P
         for xi, yi, label in zip(gx, gy, g["label"]):
             ax.annotate(str(label), (xi, yi), xytext=(5, 4), textcoords="offset points", fontsize=7,
                         color=color, zorder=5)  # fmt: skip
+    split = str(rows["final_split"].iloc[0])
+    majority = stage.majority.get(split)
+    if majority is not None:
+        majority_line(ax, majority, split)
+        ys = np.append(ys, majority)
     lows = [ci[0] for ci in rows["final_ci"] if ci] + list(ys)
     highs = [ci[1] for ci in rows["final_ci"] if ci] + list(ys)
     ax.set_ylim(max(0.0, min(lows) - 3.0), min(101.0, max(highs) + 3.0))
@@ -382,4 +401,5 @@ def final_json(stage: FinalStage) -> dict[str, Any]:
         "models": models,
         "pareto": [m["label"] for m in models if m["pareto"]],
         "fidelity": stage.fidelity,
+        "majority_rate": stage.majority,
     }

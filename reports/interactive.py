@@ -136,9 +136,19 @@ def _svg(collection: Collection, all_groups: list[Group], axis: str) -> str:
     xs = raw / div
     ys = np.concatenate([g.y[np.isfinite(g.y)] for g in all_groups] or [np.array([50.0])])
     ys = ys if len(ys) else np.array([50.0])
+    majority = collection.majority_rate("val")
+    if majority is not None:
+        ys = np.append(ys, majority)
     sc = _Scale(xs.min() / 1.6, xs.max() * 1.6, max(0.0, ys.min() - 5), min(101.0, ys.max() + 3))
     out = [f'<svg viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" aria-label="accuracy, {axis}">']
     out += _frame(sc, f"{AXES[axis]} ({unit_name}, log scale)")
+    if majority is not None:
+        y = sc.y(majority)
+        out.append(
+            f'<line class="grp-majority" x1="{LEFT}" y1="{y:.1f}" x2="{W - RIGHT}" y2="{y:.1f}" '
+            f'stroke="#b71c1c" stroke-dasharray="6,4" data-rate="{majority:.4f}">'
+            f"<title>majority class (val): {majority:.1f} %</title></line>"
+        )
     measured = collection.proxy_measured
     if axis == "macs" and len(measured):
         out += _iso_lines(sc, measured, div)
@@ -222,11 +232,13 @@ def _points(g: Group, sc: _Scale, axis: str, div: float) -> list[str]:
     return out
 
 
-def _legend(all_groups: list[Group], axis: str, has_front: bool) -> str:
+def _legend(all_groups: list[Group], axis: str, has_front: bool, majority: float | None = None) -> str:
     e = html.escape
     items = [(g.key, g.name, g.color) for g in all_groups]
     if has_front:
         items.append(("front", "front of the searched candidates (this plane)", "#1f4e8c"))
+    if majority is not None:
+        items.append(("majority", f"majority class (val): {majority:.1f} %", "#b71c1c"))
     if axis == "macs":
         items.append(("iso", "NetScore iso-lines (at median params)", "#9e9e9e"))
     spans = [f'<span data-group="{e(k)}"><i style="background:{c}"></i>{e(n)}</span>' for k, n, c in items]
@@ -239,7 +251,9 @@ def plot_fragment(collection: Collection, pareto_rows: pd.DataFrame) -> str:
     parts = []
     for axis in ("macs", "params"):
         parts.append(f'<div class="iplot" id="iplot-{axis}">')
-        parts.append(_legend(all_groups, axis, bool(len(collection.candidates))))
+        parts.append(
+            _legend(all_groups, axis, bool(len(collection.candidates)), collection.majority_rate("val"))
+        )
         parts.append(_svg(collection, all_groups, axis))
         parts.append("</div>")
     return "\n".join(parts)

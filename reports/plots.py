@@ -43,6 +43,9 @@ def pareto_plot(
     accs = measured["val_accuracy"].to_numpy(dtype=float)
     finite = [g.y[np.isfinite(g.y)] for g in all_groups]
     ys = np.concatenate([accs, *finite]) if len(accs) or finite else np.array([50.0])
+    majority = collection.majority_rate("val")
+    if majority is not None:
+        ys = np.append(ys, majority)
     y_lim = (max(0.0, float(np.nanmin(ys)) - 5.0), min(101.0, float(np.nanmax(ys)) + 3.0))
     xs_all = np.concatenate([g.rows[axis].to_numpy(dtype=float) for g in all_groups])
     scale, unit_name = unit(axis, list(xs_all))
@@ -51,12 +54,20 @@ def pareto_plot(
     if axis == "macs" and len(measured):
         x_lim = (float(xs_all.min()) / 1.6, float(xs_all.max()) * 1.6)
         _iso_lines(ax, measured, y_lim, x_lim, scale)
+    if majority is not None:
+        majority_line(ax, majority, "val")
     for g in all_groups:
         _scatter(ax, g, axis, scale)
     _axes(ax, collection, axis, (xs_all.min() / scale / 1.6, xs_all.max() / scale * 1.6), y_lim, unit_name)
     paths = _save(fig, out_dir, stem)
     plt.close(fig)
     return paths
+
+
+def majority_line(ax: Any, rate: float, split: str) -> None:
+    """The chance level: a dashed line at the majority-class rate of ``split``."""
+    ax.axhline(rate, ls="--", color="#b71c1c", lw=1.0, alpha=0.7, zorder=1,
+               label=f"majority class ({split}): {rate:.1f} %")  # fmt: skip
 
 
 def _front(ax: Any, candidates: pd.DataFrame, axis: str, scale: float) -> None:

@@ -174,8 +174,12 @@ def _model_columns() -> list[Column]:
     return [Column("label", "model"), Column("role", "role")]
 
 
-def table3(rows: pd.DataFrame, size: str) -> Table:
-    """Complexity, accuracy and NetScore (the paper's Table 3).
+MAJORITY_LABEL = "majority class (constant)"
+
+
+def table3(rows: pd.DataFrame, size: str, majority: Mapping[str, float | None] | None = None) -> Table:
+    """Complexity, accuracy and NetScore (the paper's Table 3); with ``majority`` (rates by split),
+    a last row for the constant classifier that always says the largest class.
 
     MACs and FLOPs are in G, or in M when every model is under 0.1 G (small complexity sizes).
     """
@@ -217,6 +221,19 @@ def table3(rows: pd.DataFrame, size: str) -> Table:
                 "netscore": r["netscore"],
                 "netscore_test": r["netscore_test"],
             }
+        )
+    if majority and any(v is not None for v in majority.values()):
+        t.rows.append(
+            {
+                "label": MAJORITY_LABEL,
+                "role": "chance level",
+                "val_accuracy": (majority.get("val"), None, None),
+                "test": (majority.get("test"), None),
+            }
+        )
+        t.note += (
+            f" {MAJORITY_LABEL}: the accuracy of always predicting the largest class, what a model "
+            "that learned nothing scores."
         )
     return t
 

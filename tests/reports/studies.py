@@ -108,6 +108,15 @@ BASELINES = [
 ]
 
 
+# what ``search run`` stores about the data (the test set's 60 images are half of each class)
+DATA = {
+    "data_hash": "abc123",
+    "data_sources": ["mini"],
+    "data_sizes": {"train": 100, "val": 60, "test": 60},
+    "majority_rate": {"train": 52.0, "val": 55.0, "test": 50.0},
+}
+
+
 def _add(study: optuna.Study, trial: Any, start: dt.datetime, seconds: float) -> None:
     trial.datetime_start = start
     if trial.state != TrialState.RUNNING:
@@ -130,6 +139,7 @@ def fill_study(
     study.set_user_attr("objective", "pareto")
     study.set_user_attr("kind", "search")
     study.set_user_attr("run_config", {"epochs": 1, "image_size": 32, "complexity_size": 64})
+    study.set_user_attr("data", DATA)
     clock = T0
     for i, (acc, p, m, ok) in enumerate(SEARCH):
         attrs = {"kind": "search", "arch_id": f"a{i:09d}", "spec": {"name": f"cand{i}", "stages": [1, 2]}}
@@ -217,6 +227,7 @@ def fill_final(url: str, study_name: str = "t", epochs: int = 3) -> optuna.Study
     )
     study.set_user_attr("kind", "final")
     study.set_user_attr("search_study", study_name)
+    study.set_user_attr("data", DATA)
     study.set_user_attr(
         "final_config", {"protocol": "final", "epochs": epochs, "image_size": 64, "repeats": 3, "cv_folds": 1}
     )

@@ -102,6 +102,9 @@ def test_table3_numbers_are_the_stored_ones(built: tuple[Path, str, Any]) -> Non
     assert "MACs (M)" in t3.columns and "FLOPs (M)" in t3.columns
     assert set(t3["model"]) >= {b[1] for b in BASELINES} | {"CT L (prototype, #0)", PRUNED[0]}
     assert t3.set_index("model").loc[PRUNED[0], "role"] == "pruned"
+    chance = t3.set_index("model").loc["majority class (constant)"]
+    assert chance["val accuracy (%)"] == 55.0 and chance["test accuracy (%)"] == 50.0  # stored data attrs
+    t3 = t3[t3["model"] != "majority class (constant)"]
     for _, row in t3.iterrows():
         a = stored[row["model"]]
         assert row["params (M)"] == pytest.approx(a["params"] / 1e6, abs=1e-6)
@@ -116,7 +119,7 @@ def test_table3_numbers_are_the_stored_ones(built: tuple[Path, str, Any]) -> Non
     best = max((a["netscore"], label) for label, a in stored.items() if a.get("status") == "complete")[1]
     assert "best NetScore" in t3.set_index("model").loc[best, "role"]
     md = (out / "table3.md").read_text()
-    assert md.count("\n| ") == len(t3) + 2  # header, rule, one line a row
+    assert md.count("\n| ") == len(t3) + 3  # header, rule, one line a row, the chance row
 
 
 def test_tables_4_and_5_are_the_stored_per_class_metrics_with_na(built: tuple[Path, str, Any]) -> None:
