@@ -300,6 +300,11 @@ def fidelity_table(stage: FinalStage) -> Table:
             Column("n", "models", "int"),
         ],
     )
+    if n < 5:
+        t.note += (
+            f" With {n} models the bootstrap interval says little (a resample of so few models "
+            "repeats their order or leaves the statistic undefined): finalise more candidates."
+        )
     fid = stage.fidelity
     for key, name in (("kendall_tau", "Kendall tau-b"), ("spearman_rho", "Spearman rho")):
         c = fid.get(key) if fid else None

@@ -55,8 +55,10 @@ class Table:
         if col.fmt == "spread":
             mean, std, ci = v if isinstance(v, tuple) else (v, None, None)
             text = _fmt(mean, "pct")
-            if std is None or text == NA:
+            if text == NA:
                 return text
+            if std is None:  # one run: its interval (the bootstrap over its images), where stored
+                return f"{text} [{ci[0]:.1f}, {ci[1]:.1f}]" if ci is not None else text
             return f"{text} ± {std:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci is not None else "")
         return _fmt(v, col.fmt)
 
@@ -111,12 +113,8 @@ class Table:
                 ]
                 data[c.header] = [_raw(m, "pct") for m, _, _ in triples]
                 data[f"{c.header} std"] = [_raw(sd, "pct") for _, sd, _ in triples]
-                data[f"{c.header} 95% CI low"] = [
-                    round(ci[0], 6) if ci and sd is not None else NA for _, sd, ci in triples
-                ]
-                data[f"{c.header} 95% CI high"] = [
-                    round(ci[1], 6) if ci and sd is not None else NA for _, sd, ci in triples
-                ]
+                data[f"{c.header} 95% CI low"] = [round(ci[0], 6) if ci else NA for _, _, ci in triples]
+                data[f"{c.header} 95% CI high"] = [round(ci[1], 6) if ci else NA for _, _, ci in triples]
             else:
                 data[c.header] = [_raw(r.get(c.key), c.fmt) for r in self.rows]
         return pd.DataFrame(data)
