@@ -37,7 +37,7 @@ from reports.pareto import pareto_indices
 from reports.plots import pareto_plot, progress_plot
 from reports.progress import Progress, progress
 from reports.setup import setup, setup_table
-from reports.tables import Table, per_class_table, summary_table, table3, tradeoff_table
+from reports.tables import Table, footnote, per_class_table, summary_table, table3, tradeoff_table
 from space.errors import UserInputError
 
 SPLITS = ("test", "val")
@@ -289,6 +289,7 @@ def _write_pages(
             title=f"Search report: {study}",
             summary=summary_table({k: v for k, v in report.summary.items() if k != "compute seconds"}),
             setup=setup_table(report.setup),
+            plot_note=footnote(collection.proxy_measured),
             banner=banner,
             tables=report.tables,
             plot_fragment=interactive.plot_fragment(collection, front),

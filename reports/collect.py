@@ -55,7 +55,52 @@ CORE_COLUMNS = (
     "measured",
     "candidate",
     "is_ct_l",
+    "training",
+    "differs",
 )
+
+
+TRAINING_KEYS = (
+    "protocol",
+    "epochs",
+    "image_size",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "cosine",
+    "warmup_epochs",
+    "label_smoothing",
+    "ema",
+    "augment",
+    "balanced",
+    "patience",
+    "cv_folds",
+    "repeats",
+)
+
+
+def training_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The training settings of a run configuration (or a trial's ``train_config``)."""
+    return {k: config[k] for k in TRAINING_KEYS if k in config}
+
+
+def training_text(config: Mapping[str, Any]) -> str:
+    """A short name of a training configuration: "proxy, 4 epochs, 64 px"."""
+    parts = [str(config["protocol"])] if config.get("protocol") else []
+    if config.get("epochs") is not None:
+        parts.append(f"{config['epochs']} epochs")
+    if config.get("image_size") is not None:
+        parts.append(f"{config['image_size']} px")
+    return ", ".join(parts) or "not recorded"
+
+
+def differences(config: Mapping[str, Any], reference: Mapping[str, Any]) -> str:
+    """How ``config`` differs from ``reference`` in the training settings both state
+    ("epochs 2 (search 1)"), or "" when it does not."""
+    keys = [k for k in TRAINING_KEYS if k in config and k in reference]
+    return ", ".join(f"{k.replace('_', ' ')} {config[k]} (search {reference[k]})" for k in keys
+                     if config[k] != reference[k])  # fmt: skip
 
 
 class StudyNotFound(UserInputError, LookupError):
@@ -142,6 +187,12 @@ def collect(storage: str | BaseStorage, study: str) -> Collection:
         companion_attrs[name] = dict(other.user_attrs)
         default_kind = str(other.user_attrs.get("kind", name.split(":", 1)[1].rstrip("s") or "other"))
         rows += [_row(t, name, default_kind, started) for t in other.get_trials(deepcopy=False)]
+    reference = training_config(main.user_attrs.get("run_config") or {})
+    for r in rows:
+        trained = training_config(r["attrs"].get("train_config") or {})
+        r["training"] = training_text(trained) if trained else "not recorded"
+        # the final stage has its own single configuration (reports.final); compared there, not here
+        r["differs"] = differences(trained, reference) if r["kind"] != KIND_FINAL and r["measured"] else ""
     frame = pd.DataFrame(rows, columns=[*CORE_COLUMNS, "val_view", "test_view", "attrs", "trial_params"])
     return Collection(study, frame, dict(main.user_attrs), companions, started, companion_attrs)
 

@@ -56,6 +56,7 @@ def index_page(
     downloads: Sequence[str],
     final_tables: Sequence[Table] = (),
     setup: Table | None = None,
+    plot_note: str = "",
 ) -> str:
     """The whole page as text."""
     e = html.escape
@@ -79,6 +80,8 @@ def index_page(
         + _figure("pareto_params.png", "pareto_params.svg", "validation accuracy against params")
         + "</div>"
     )
+    if plot_note:
+        parts.append(f'<p class="note footnote">{e(plot_note.strip())} Drawn hollow, named with †.</p>')
     parts.append(
         '<h2>Interactive</h2><p class="note">Hover a point for trial, arch_id, params, MACs, accuracy and '
         'NetScore; click a legend entry to hide or show it. Also as <a href="interactive.html">'

@@ -116,7 +116,10 @@ def _tip(r: pd.Series) -> str:
         f"val accuracy {num(r['val_accuracy'], '.1f')} %",
         f"test accuracy {num(r['test_accuracy'], '.1f')} %",
         f"NetScore {num(r['netscore'], '.1f')}",
+        f"trained: {r.get('training') or 'not recorded'}",
     ]
+    if isinstance(r.get("differs"), str) and r["differs"]:
+        lines.append(f"† trained differently: {r['differs']}")
     return "\n".join(lines)
 
 

@@ -93,7 +93,39 @@ def groups(collection: Collection, pareto_rows: pd.DataFrame) -> list[Group]:
     other = f[~f["kind"].isin(known) & f["measured"]]
     if len(other):
         out.append(Group("other", "other models", other, _acc(other), "D", "#6a1b9a", 50, labelled=True))
-    return out
+    return [part for g in out for part in _split_unlike(g)]
+
+
+MARK = "†"
+
+
+def _split_unlike(g: Group) -> list[Group]:
+    """``g`` and, apart, its points trained differently from the search's trials: hollow, with
+    "†" after their names (the comparability rule: never silently beside the others)."""
+    if "differs" not in g.rows.columns:
+        return [g]
+    unlike = np.array([isinstance(d, str) and bool(d) for d in g.rows["differs"]], dtype=bool)
+    if not unlike.any():
+        return [g]
+    rows = g.rows[unlike].copy()
+    rows["label"] = [f"{label} {MARK}" for label in rows["label"]]
+    marked = Group(
+        f"{g.key}-unlike",
+        f"{g.name}, trained differently {MARK}",
+        rows,
+        g.y[unlike],
+        g.marker if g.marker != "x" else "o",
+        g.color,
+        g.size,
+        filled=False,
+        labelled=True,
+    )
+    if unlike.all():
+        return [marked]
+    kept = Group(
+        g.key, g.name, g.rows[~unlike], g.y[~unlike], g.marker, g.color, g.size, g.filled, g.labelled
+    )
+    return [kept, marked]
 
 
 def _acc(rows: pd.DataFrame) -> np.ndarray:

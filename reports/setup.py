@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from reports.collect import Collection
+from reports.collect import Collection, training_config
 from reports.tables import Column, Table
 
 NOT_RECORDED = "not recorded"
@@ -28,29 +28,6 @@ STATE_NAMES = {
     "running": "running",
     "waiting": "waiting",
 }
-TRAINING_KEYS = (
-    "protocol",
-    "epochs",
-    "image_size",
-    "batch_size",
-    "lr",
-    "momentum",
-    "weight_decay",
-    "cosine",
-    "warmup_epochs",
-    "label_smoothing",
-    "ema",
-    "augment",
-    "balanced",
-    "patience",
-    "cv_folds",
-    "repeats",
-)
-
-
-def training_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The training settings of a run configuration (or a trial's ``train_config``)."""
-    return {k: config[k] for k in TRAINING_KEYS if k in config}
 
 
 def _seconds(rows: pd.DataFrame) -> float:

@@ -173,6 +173,23 @@ def _model_columns() -> list[Column]:
 
 
 MAJORITY_LABEL = "majority class (constant)"
+MARK = "†"  # a row or point trained differently from the study's search trials
+
+
+def _differs(r: pd.Series | Mapping[str, Any]) -> str:
+    v = r.get("differs") if hasattr(r, "get") else None
+    return v if isinstance(v, str) else ""
+
+
+def footnote(rows: pd.DataFrame) -> str:
+    """The footnote naming the rows trained differently from the search trials ("" when none)."""
+    if "differs" not in rows.columns:
+        return ""
+    marked = [(r["label"], r["differs"]) for _, r in rows.iterrows() if _differs(r)]
+    if not marked:
+        return ""
+    listed = "; ".join(f"{label}: {d}" for label, d in marked)
+    return f" {MARK} trained differently from the study's search trials, so not like with like: {listed}."
 
 
 def table3(rows: pd.DataFrame, size: str, majority: Mapping[str, float | None] | None = None) -> Table:
@@ -193,6 +210,7 @@ def table3(rows: pd.DataFrame, size: str, majority: Mapping[str, float | None] |
         "its val accuracy is the mean ± standard deviation over the runs [95 % t interval].",
         [
             *_model_columns(),
+            Column("training", "training"),
             Column("number", "trial", "int"),
             Column("arch_id", "arch_id"),
             Column("params", "params (M)", "mega"),
@@ -209,6 +227,7 @@ def table3(rows: pd.DataFrame, size: str, majority: Mapping[str, float | None] |
         t.rows.append(
             {
                 **_base(r),
+                "training": r.get("training"),
                 "number": r["number"],
                 "arch_id": r["arch_id"],
                 "params": r["params"],
@@ -220,6 +239,7 @@ def table3(rows: pd.DataFrame, size: str, majority: Mapping[str, float | None] |
                 "netscore_test": r["netscore_test"],
             }
         )
+    t.note += footnote(rows)
     if majority and any(v is not None for v in majority.values()):
         t.rows.append(
             {
@@ -237,7 +257,8 @@ def table3(rows: pd.DataFrame, size: str, majority: Mapping[str, float | None] |
 
 
 def _base(r: pd.Series) -> dict[str, Any]:
-    return {"label": r["label"], "role": r["role"]}
+    label = f"{r['label']} {MARK}" if _differs(r) else r["label"]
+    return {"label": label, "role": r["role"]}
 
 
 def _uncertainty(r: pd.Series) -> Uncertain | None:
@@ -303,6 +324,7 @@ def per_class_table(rows: pd.DataFrame, split: str, which: tuple[str, str], numb
                 else:
                     row[f"{metric}:{cls}"] = value
         t.rows.append(row)
+    t.note += footnote(rows)
     return t
 
 
@@ -330,8 +352,14 @@ def tradeoff_table(baselines: pd.DataFrame, candidates: pd.DataFrame) -> Table:
             Column("count", "of all", "int"),
         ],
     )
+    unlike = candidates[[bool(_differs(c)) for _, c in candidates.iterrows()]]
+    candidates = candidates[[not _differs(c) for _, c in candidates.iterrows()]]
     pts = [(float(c["val_accuracy"]), float(c["params"]), float(c["macs"])) for _, c in candidates.iterrows()]
     for _, b in baselines.sort_values("macs").iterrows():
+        if _differs(b):  # like with like only: a baseline trained otherwise is not compared
+            t.rows.append({"baseline": f"{b['label']} {MARK}", "baseline_acc": _interval(b),
+                           "candidate": f"not compared: trained differently {MARK}"})  # fmt: skip
+            continue
         bp = (float(b["val_accuracy"]), float(b["params"]), float(b["macs"]))
         doms = [i for i, p in enumerate(pts) if dominates(p, bp)]
         head = {"baseline": b["label"], "baseline_acc": _interval(b), "count": len(doms)}
@@ -353,6 +381,11 @@ def tradeoff_table(baselines: pd.DataFrame, candidates: pd.DataFrame) -> Table:
                     "params_x": bp[1] / pts[i][1],
                 }
             )
+    t.note += footnote(pd.concat([baselines, unlike]))
+    if len(unlike):
+        t.note += f" Candidates marked {MARK} are left out of the comparison."
+    if not len(baselines):
+        t.note += " No baselines were trained: run `search baselines` to compare against them."
     weak = sum(1 for r in t.rows if str(r.get("significant", "")).startswith("no"))
     if weak:
         t.note += (

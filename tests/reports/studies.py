@@ -129,10 +129,16 @@ PRUNED = ("CT L (pruned)", "pruned:trial 0", 79.0, 500_000, 11_000_000, (24, 23)
 
 
 def fill_study(
-    url: str, study_name: str = "t", *, running: bool = True, baselines: bool = True, pruned: bool = True
+    url: str,
+    study_name: str = "t",
+    *,
+    running: bool = True,
+    baselines: bool = True,
+    pruned: bool = True,
+    baseline_epochs: int = 1,
 ) -> optuna.Study:
-    """A search study as `search run` leaves it (plus one running trial), its baselines and a pruned
-    model."""
+    """A search study as `search run` leaves it (plus one running trial), its baselines (trained for
+    ``baseline_epochs``; the search's trials for 1) and a pruned model."""
     study = optuna.create_study(
         storage=url, study_name=study_name, directions=["maximize", "minimize", "minimize"]
     )
@@ -192,6 +198,7 @@ def fill_study(
         for name, display, acc, p, m, ok in BASELINES:
             attrs = {"kind": "baseline", "baseline": name, "display_name": display, "arch_id": name}
             attrs.update(_trained_attrs(acc, p, m, ok, 90.0))
+            attrs["train_config"] = {"epochs": baseline_epochs, "image_size": 32}
             _add(bstudy, create_trial(values=[acc, float(p), float(m)], user_attrs=attrs), clock, 90.0)
     if pruned:
         pstudy = optuna.create_study(
