@@ -118,7 +118,7 @@ def summarise(collection: Collection, front: pd.DataFrame, prog: Progress) -> di
         "study": collection.study,
         "objective": collection.study_attrs.get("objective", "n/a"),
         "trials": len(search),
-        **{f"trials {k}": v for k, v in counts.items()},
+        **{f"trials {k.replace('_', ' ')}": v for k, v in counts.items()},
         "compute time (sum over trials)": _duration(compute),
         "compute seconds": round(compute, 1),
         "wall time (first start to last finish)": _duration(

@@ -28,7 +28,10 @@ KIND_SEARCH = "search"
 KIND_BASELINE = "baseline"
 KIND_PRUNED = "pruned"
 KIND_FINAL = "final"  # ``<study>:final``: models retrained at full fidelity (``search final``)
-STATUSES = ("complete", "pruned", "infeasible", "failed", "interrupted", "running", "waiting")
+STATUSES = ("complete", "stopped_early", "infeasible", "failed", "interrupted", "running", "waiting")
+# Optuna's early stop (TrialState.PRUNED) is "stopped_early"; studies of earlier versions stored
+# status "pruned", read as the same (``pruned`` alone means channel pruning, KIND_PRUNED)
+OLD_STATUSES = {"pruned": "stopped_early"}
 # The columns trials.csv starts with; every stored attribute follows as ``attr.<path>``.
 CORE_COLUMNS = (
     "study",
@@ -200,10 +203,10 @@ def collect(storage: str | BaseStorage, study: str) -> Collection:
 def _status(t: FrozenTrial) -> str:
     stored = t.user_attrs.get("status")
     if isinstance(stored, str) and stored:
-        return stored
+        return OLD_STATUSES.get(stored, stored)
     return {
         TrialState.COMPLETE: "complete",
-        TrialState.PRUNED: "pruned",
+        TrialState.PRUNED: "stopped_early",
         TrialState.FAIL: "failed",
         TrialState.RUNNING: "running",
         TrialState.WAITING: "waiting",

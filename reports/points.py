@@ -64,12 +64,12 @@ def groups(collection: Collection, pareto_rows: pd.DataFrame) -> list[Group]:
                 28,
             )
         )
-    stopped = search[(search["status"] == "pruned") & search["params"].notna() & search["macs"].notna()]
+    stopped = search[
+        (search["status"] == "stopped_early") & search["params"].notna() & search["macs"].notna()
+    ]
     if len(stopped):
         acc = np.array([_stopped_accuracy(a) for a in stopped["attrs"]], dtype=float)
-        out.append(
-            Group("stopped", "stopped early (pruned trial)", stopped, acc, "o", "#9e9e9e", 30, filled=False)
-        )
+        out.append(Group("stopped", "stopped early", stopped, acc, "o", "#9e9e9e", 30, filled=False))
     trained = collection.candidates
     trained = trained[~trained["is_ct_l"]]
     on_front = trained.index.isin(pareto_rows.index)
@@ -134,7 +134,7 @@ def _acc(rows: pd.DataFrame) -> np.ndarray:
 
 def _stopped_accuracy(attrs: dict) -> float:
     """The validation accuracy at which a trial was stopped, when the driver recorded it."""
-    v = attrs.get("pruned_val_accuracy")
+    v = attrs.get("stopped_val_accuracy", attrs.get("pruned_val_accuracy"))  # the latter: older studies
     if isinstance(v, (int, float)):
         return float(v)
     history = attrs.get("history") or []

@@ -21,7 +21,7 @@ NOT_RECORDED = "not recorded"
 # what each status is called in the block (Optuna's early stop is "stopped early")
 STATE_NAMES = {
     "complete": "complete",
-    "pruned": "stopped early",
+    "stopped_early": "stopped early",
     "infeasible": "over budget",
     "failed": "failed",
     "interrupted": "interrupted",

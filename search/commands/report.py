@@ -86,7 +86,7 @@ def run_report(args: argparse.Namespace) -> int:
     s = report.summary
     counts = ", ".join(
         f"{s[f'trials {k}']} {k}"
-        for k in ("complete", "pruned", "infeasible", "failed", "running")
+        for k in ("complete", "stopped early", "infeasible", "failed", "running")
         if s.get(f"trials {k}")
     )
     compute = s["compute time (sum over trials)"]

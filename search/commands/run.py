@@ -61,13 +61,15 @@ class _Display:
 
 def trial_line(report: Any) -> str:
     a = report.attrs
-    head = f"#{report.number:<3} {a.get('arch_id', '?'):<10} {report.status or report.state.lower():<10}"
+    shown = (report.status or report.state.lower()).replace("_", " ")
+    head = f"#{report.number:<3} {a.get('arch_id', '?'):<10} {shown:<13}"
     size = f"params {a.get('params', 0) / 1e6:5.3f} M  MACs {a.get('macs', 0) / 1e9:6.3f} G"
     if report.status == "complete":
         score = f"val {a['val_accuracy']:5.1f} %  {size}  NetScore {a['netscore']:5.1f}"
         return f"{head} {score}  ({report.seconds:.0f} s)"
-    if report.status == "pruned":
-        return f"{head} {size}  {a.get('prune_reason', '')}  ({report.seconds:.0f} s)"
+    if report.status in ("stopped_early", "pruned"):
+        reason = a.get("stop_reason") or a.get("prune_reason", "")
+        return f"{head} {size}  {reason}  ({report.seconds:.0f} s)"
     if report.status == "infeasible":
         return f"{head} {size}  over budget, not trained"
     return f"{head} {a.get('fail_reason', '')}"
@@ -130,9 +132,11 @@ def run_search(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             display.progress.stop()
             counts = driver.counts()
+            kept = counts["complete"] + counts["pruned"]
             err_console().print(
                 "interrupted: the running trial is marked failed; "
-                f"{counts['complete']} completed trials are kept.\n"
+                f"{kept} finished trial{'s are' if kept != 1 else ' is'} kept "
+                f"({counts['complete']} complete, {counts['pruned']} stopped early).\n"
                 f"resume with: {_resume_command()}"
             )
             return 130
@@ -147,7 +151,7 @@ def _summary(driver: Any, config: RunConfig, seconds: float) -> None:
     con = console()
     con.print(
         f"done in {seconds:.0f} s: {counts['complete'] - counts['infeasible']} trained, "
-        f"{counts['pruned']} pruned, "
+        f"{counts['pruned']} stopped early, "
         f"{counts['infeasible']} over budget, {counts['fail']} failed"
     )
     _print_pareto(pareto_trials(driver.study.get_trials(deepcopy=False)), _majority(driver.evaluator))
@@ -200,7 +204,8 @@ def run_status(args: argparse.Namespace) -> int:
     trials = study.get_trials(deepcopy=False)
     counts: dict[str, int] = {}
     for t in trials:
-        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+        name = "stopped_early" if t.state.name == "PRUNED" else t.state.name.lower()
+        counts[name] = counts.get(name, 0) + 1
     counts["infeasible"] = sum(1 for t in trials if t.user_attrs.get("status") == "infeasible")
     front = pareto_trials(trials)
     if args.json:
@@ -225,6 +230,7 @@ def run_status(args: argparse.Namespace) -> int:
             )
         )
         return 0
-    console().print(f"study {config.study!r}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    shown = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(counts.items()))
+    console().print(f"study {config.study!r}: {shown}")
     _print_pareto(front)
     return 0

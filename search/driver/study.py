@@ -326,11 +326,11 @@ class SearchDriver:
             if config.objective == "netscore":
                 trial.report(netscore(max(val_accuracy, 1e-3), prof.params, prof.macs), epoch)
                 if trial.should_prune():
-                    trial.set_user_attr("pruned_at_epoch", epoch)
+                    trial.set_user_attr("stopped_at_epoch", epoch)
                     raise optuna.TrialPruned(f"median rule at epoch {epoch}")
             elif pareto_prune(epoch, val_accuracy, prof.params, prof.macs, done, config, last_step):
-                trial.set_user_attr("pruned_at_epoch", epoch)
-                trial.set_user_attr("pruned_val_accuracy", val_accuracy)
+                trial.set_user_attr("stopped_at_epoch", epoch)
+                trial.set_user_attr("stopped_val_accuracy", val_accuracy)
                 raise optuna.TrialPruned(f"dominated by a finished candidate at epoch {epoch}")
 
         self.trained += 1
@@ -371,8 +371,9 @@ class SearchDriver:
             try:
                 values = self._objective(trial)
             except optuna.TrialPruned as e:
-                trial.set_user_attr("status", "pruned")
-                trial.set_user_attr("prune_reason", str(e))
+                # Optuna's TrialPruned is an early stop: said "stopped early" (pruning is channel pruning)
+                trial.set_user_attr("status", "stopped_early")
+                trial.set_user_attr("stop_reason", str(e))
                 trial.set_user_attr("wall_time_s", time.time() - start)
                 self.study.tell(trial, state=TrialState.PRUNED)
                 state = "PRUNED"

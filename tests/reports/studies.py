@@ -136,9 +136,11 @@ def fill_study(
     baselines: bool = True,
     pruned: bool = True,
     baseline_epochs: int = 1,
+    old_attrs: bool = True,
 ) -> optuna.Study:
     """A search study as `search run` leaves it (plus one running trial), its baselines (trained for
-    ``baseline_epochs``; the search's trials for 1) and a pruned model."""
+    ``baseline_epochs``; the search's trials for 1) and a pruned model. ``old_attrs``: the trial
+    stopped early stores what versions before the rename stored (status "pruned")."""
     study = optuna.create_study(
         storage=url, study_name=study_name, directions=["maximize", "minimize", "minimize"]
     )
@@ -177,6 +179,10 @@ def fill_study(
         {"complexity_size": 64, "status": "pruned", "pruned_val_accuracy": 55.0, "wall_time_s": 20.0}
     )
     stopped["prune_reason"] = "dominated by a finished candidate at epoch 1"
+    if not old_attrs:
+        stopped["status"] = "stopped_early"
+        stopped["stopped_val_accuracy"] = stopped.pop("pruned_val_accuracy")
+        stopped["stop_reason"] = stopped.pop("prune_reason")
     _add(study, create_trial(state=TrialState.PRUNED, user_attrs=stopped), clock, 20.0)
     clock += dt.timedelta(seconds=21)
     failed = {

@@ -62,7 +62,7 @@ def test_collect_reads_every_trial_of_the_study_and_its_baselines(filled: str) -
     assert list(c.of_kind("pruned")["label"]) == [PRUNED[0]]
     counts = c.counts()
     assert counts["complete"] == len(SEARCH) and counts["running"] == 1
-    assert counts["infeasible"] == counts["pruned"] == counts["failed"] == 1
+    assert counts["infeasible"] == counts["stopped_early"] == counts["failed"] == 1
     assert sorted(c.of_kind("baseline")["label"]) == sorted(b[1] for b in BASELINES)
     assert len(c.candidates) == len(SEARCH)
     running = c.frame[c.frame["status"] == "running"].iloc[0]
