@@ -270,7 +270,11 @@ def _label(number: int, kind: str, a: Mapping[str, Any], is_ct_l: bool) -> str:
         return str(a.get("display_name") or a.get("baseline") or f"baseline #{number}")
     if is_ct_l:
         return f"CT L (prototype, #{number})"
-    if kind in (KIND_PRUNED, KIND_FINAL):
+    if kind == KIND_PRUNED:  # a channel-pruned model, named with its source (``origin``)
+        source = str(a.get("origin") or "").removeprefix("pruned:").strip()
+        name = str(a.get("display_name") or f"pruned #{number}")
+        return f"{name} (from {source})" if source and source not in name else name
+    if kind == KIND_FINAL:
         return str(a.get("display_name") or f"{kind} #{number}")
     return f"#{number} {a.get('arch_id', '?')}"
 

@@ -125,7 +125,7 @@ def _add(study: optuna.Study, trial: Any, start: dt.datetime, seconds: float) ->
 
 
 # a model pruned from the CT L prototype (`search prune`), in the study's ":pruned" companion
-PRUNED = ("CT L (pruned)", "pruned:trial 0", 79.0, 500_000, 11_000_000, (24, 23))
+PRUNED = ("CT L (pruned, from trial 0)", "pruned:trial 0", 79.0, 500_000, 11_000_000, (24, 23))
 
 
 def fill_study(
