@@ -19,9 +19,10 @@ import numpy as np
 
 from evaluators.data.classes import CLASS_NAMES
 from evaluators.explain import MOSTLY_OUTSIDE, ExplainSummary, ImageAttribution
-from reports.figures import pyplot, styled
+from reports.figures import pyplot, srcset, styled
 from reports.tables import Column, Table
 
+GRID_DPI = 110
 METHOD_NAMES = {"gradcam": "Grad-CAM", "integrated-gradients": "integrated gradients"}
 
 
@@ -96,7 +97,7 @@ def save_grid(
         fig.suptitle(title, fontsize=9)
     fig.tight_layout(h_pad=1.2)
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=GRID_DPI)
     plt.close(fig)
     return path
 
@@ -144,7 +145,8 @@ class ExplainTable(Table):
     def to_html(self) -> str:
         e = html.escape
         figs = "".join(
-            f'<figure><a href="{e(png)}"><img src="{e(png)}" alt="{e(cap)}"></a>'
+            f'<figure><a href="{e(png)}"><img srcset="{e(srcset(png, GRID_DPI))}" '
+            f'alt="{e(cap)}"></a>'
             f"<figcaption>{e(cap)}</figcaption></figure>"
             for png, cap in self.figures
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 
+from reports.figures import srcset
 from reports.tables import Table
 
 STYLE = """
@@ -23,7 +24,7 @@ table.data th { background: #f3f5f8; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; } td.na { color: #999; }
 p.note { font-size: 12px; color: #555; max-width: 900px; }
 .pics { display: flex; flex-wrap: wrap; gap: 16px; } .pics figure { margin: 0; }
-.pics img { max-width: 560px; width: 100%; border: 1px solid #eee; }
+.pics img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 12px; color: #555; }
 .banner { background: #fff7d6; border: 1px solid #e6c200; padding: 6px 10px; }
 .files a { margin-right: 12px; }
@@ -38,7 +39,7 @@ def _links(files: Sequence[str]) -> str:
 def _figure(png: str, svg: str, caption: str) -> str:
     e = html.escape
     return (
-        f'<figure><a href="{e(svg)}"><img src="{e(png)}" alt="{e(caption)}"></a>'
+        f'<figure><a href="{e(svg)}"><img srcset="{e(srcset(png))}" alt="{e(caption)}"></a>'
         f'<figcaption>{e(caption)} (<a href="{e(svg)}">SVG</a>)</figcaption></figure>'
     )
 

@@ -163,8 +163,9 @@ def _svg(collection: Collection, all_groups: list[Group], axis: str) -> str:
         out.append(
             f'<path class="grp-front" d="{" ".join(path)}" fill="none" stroke="#1f4e8c" stroke-width="1.5"/>'
         )
+    placed: list[tuple[float, float, float, float]] = []  # label boxes drawn so far
     for g in all_groups:
-        out += _points(g, sc, axis, div)
+        out += _points(g, sc, axis, div, placed)
     out.append("</svg>")
     return "\n".join(out)
 
@@ -211,7 +212,43 @@ def _iso_lines(sc: _Scale, measured: pd.DataFrame, div: float) -> list[str]:
     return out
 
 
-def _points(g: Group, sc: _Scale, axis: str, div: float) -> list[str]:
+LABEL_PX = 10  # font size of a point's label
+CHAR_W = 0.62 * LABEL_PX  # a generous average glyph width of the sans-serif face at that size
+
+
+def _box(x: float, y: float, text: str, anchor: str) -> tuple[float, float, float, float]:
+    w = CHAR_W * len(text)
+    left = x - w if anchor == "end" else x
+    return (left, y - LABEL_PX, w, LABEL_PX * 1.3)
+
+
+def _apart(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    return a[0] + a[2] <= b[0] or b[0] + b[2] <= a[0] or a[1] + a[3] <= b[1] or b[1] + b[3] <= a[1]
+
+
+def _place(
+    x: float, y: float, text: str, placed: list[tuple[float, float, float, float]]
+) -> tuple[float, float, str]:
+    """Where a point's label goes: beside the point, on the first side (and then further away)
+    where its box meets no label drawn before and stays inside the plot."""
+    tries = []
+    for step in range(6):
+        dy = step * LABEL_PX * 1.3
+        tries += [(x + 7, y - 5 - dy, "start"), (x + 7, y + 14 + dy, "start"),
+                  (x - 7, y - 5 - dy, "end"), (x - 7, y + 14 + dy, "end")]  # fmt: skip
+    for tx, ty, anchor in tries:
+        box = _box(tx, ty, text, anchor)
+        inside = box[0] >= LEFT and box[0] + box[2] <= W - RIGHT and box[1] >= TOP and ty <= H - BOTTOM
+        if inside and all(_apart(box, other) for other in placed):
+            placed.append(box)
+            return tx, ty, anchor
+    placed.append(_box(x + 7, y - 5, text, "start"))
+    return x + 7, y - 5, "start"
+
+
+def _points(
+    g: Group, sc: _Scale, axis: str, div: float, placed: list[tuple[float, float, float, float]] | None = None
+) -> list[str]:
     e = html.escape
     out = [f'<g class="grp-{g.key}">']
     for (_, r), yv in zip(g.rows.iterrows(), g.y):
@@ -227,9 +264,11 @@ def _points(g: Group, sc: _Scale, axis: str, div: float) -> list[str]:
             f'data-tip="{tip}"><title>{tip}</title></{tag}>'
         )
         if g.labelled and np.isfinite(yv):
-            label = e(str(r["label"]))
+            text = str(r["label"])
+            tx, ty, anchor = _place(x, y, text, placed if placed is not None else [])
             out.append(
-                f'<text x="{x + 7:.1f}" y="{y - 5:.1f}" font-size="10" fill="{g.color}">{label}</text>'
+                f'<text class="label" x="{tx:.1f}" y="{ty:.1f}" text-anchor="{anchor}" '
+                f'font-size="{LABEL_PX}" fill="{g.color}">{e(text)}</text>'
             )
     out.append("</g>")
     return out

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from reports.collect import Collection
-from reports.figures import pyplot, styled
+from reports.figures import DPI, pyplot, styled
 from reports.points import AXES, Group, front_line, groups, iso_accuracy, iso_levels, unit
 from reports.progress import Progress
 
@@ -20,7 +20,7 @@ def _save(fig, out_dir: Path, stem: str) -> list[Path]:  # type: ignore[no-untyp
     paths = []
     for fmt in FORMATS:
         path = out_dir / f"{stem}.{fmt}"
-        fig.savefig(path, dpi=150, bbox_inches="tight", metadata={"Date": None} if fmt == "svg" else None)
+        fig.savefig(path, dpi=DPI, bbox_inches="tight", metadata={"Date": None} if fmt == "svg" else None)
         paths.append(path)
     return paths
 

@@ -68,6 +68,6 @@ def test_report_shows_the_audit_beside_the_accuracy(filled: str, tmp_path: Path)
     assert table["mostly outside"].tolist() == ["1 of 2"]
     assert table["test acc %"].notna().all()
     page = (out / "index.html").read_text()
-    assert "Attribution inside the body box" in page and 'src="explain_best.png"' in page
+    assert "Attribution inside the body box" in page and 'srcset="explain_best.png 1.1x"' in page
     assert "![" in (out / "report.md").read_text()
     assert out / "explain_best.png" in report.files
