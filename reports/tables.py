@@ -308,8 +308,8 @@ def per_class_table(rows: pd.DataFrame, split: str, which: tuple[str, str], numb
     t = Table(
         f"table{number}",
         f"Table {number}: per-class {title} on the {split} split",
-        "Percent, one class against the rest; n/a where undefined (a class with no images, or never "
-        "predicted)."
+        "Percent, one class against the rest; n/a where undefined (a class with no images, in all four "
+        "metrics, or a class never predicted)."
         + (" COVID-19 sensitivity with its 95 % bootstrap interval." if "sensitivity" in which else ""),
         cols,
     )
@@ -318,7 +318,9 @@ def per_class_table(rows: pd.DataFrame, split: str, which: tuple[str, str], numb
         row = _base(r)
         for metric in which:
             for cls in CLASS_NAMES:
-                value = getattr(view.cls(cls), metric) if view else None
+                c = view.cls(cls) if view else None
+                # a class with no images: every one-vs-rest metric is undefined, as in Table 4
+                value = getattr(c, metric) if c is not None and c.support != 0 else None
                 if metric == "sensitivity" and cls == COVID:
                     row[f"{metric}:{cls}"] = (value, view.covid_sensitivity_ci if view else None)
                 else:

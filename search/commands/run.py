@@ -107,7 +107,8 @@ def run_search(args: argparse.Namespace) -> int:
     verb = "created" if driver.created else "resumed"
     con.print(
         f"study {config.study!r} {verb} in {redact(config.storage_url)}; "
-        f"{len(driver.study.trials)} trials so far, budget {config.trials}",
+        f"{len(driver.study.trials)} trial{'' if len(driver.study.trials) == 1 else 's'} so far, "
+        f"budget {config.trials}",
         soft_wrap=True,
     )
     t = config.train
