@@ -77,7 +77,9 @@ def trial_line(report: Any) -> str:
 
 def _resume_command() -> str:
     """The command line that resumes this run (the same arguments resume the same study)."""
-    return "search " + shlex.join(sys.argv[1:])
+    from search.console import invocation
+
+    return f"{invocation()} " + shlex.join(sys.argv[1:])
 
 
 def run_search(args: argparse.Namespace) -> int:
@@ -90,12 +92,20 @@ def run_search(args: argparse.Namespace) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     config = config_from_args(args)
+    fresh = not config.out_dir.exists()
     config.out_dir.mkdir(parents=True, exist_ok=True)
-    write_yaml(config, config.out_dir / "config.yaml")
     display = _Display(config.trials, config.train.epochs, bool(args.quiet))
-    evaluator = TrainingEvaluator(config, on_epoch_progress=display.epoch)
-    store = artifact_store(config.artifacts_dir)
-    driver = SearchDriver(config, evaluator, upload=lambda trial, path: upload_weights(store, trial, path))
+    try:
+        evaluator = TrainingEvaluator(config, on_epoch_progress=display.epoch)
+        store = artifact_store(config.artifacts_dir)
+        driver = SearchDriver(
+            config, evaluator, upload=lambda trial, path: upload_weights(store, trial, path)
+        )
+    except Exception:
+        if fresh and config.out_dir.is_dir() and not any(config.out_dir.iterdir()):
+            config.out_dir.rmdir()  # a run refused at start leaves nothing behind
+        raise
+    write_yaml(config, config.out_dir / "config.yaml")  # only once the run has started
     if driver.created:
         driver.study.set_user_attr("artifacts", config.artifacts_dir)
         driver.study.set_user_attr("data", evaluator.data_attrs())
@@ -158,7 +168,9 @@ def _summary(driver: Any, config: RunConfig, seconds: float) -> None:
     _print_pareto(pareto_trials(driver.study.get_trials(deepcopy=False)), _majority(driver.evaluator))
     where = f"--storage {config.storage_url}" if config.storage else f"--out {config.out}"
     con.print(f"results: {config.out_dir.resolve()} (study {config.study!r})")
-    con.print(f"report:  search report {where} --study {config.study}")
+    from search.console import invocation
+
+    con.print(f"report:  {invocation()} report {where} --study {config.study}")
 
 
 def _majority(evaluator: Any) -> str:

@@ -42,3 +42,29 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert exc.value.code == 0
     assert capsys.readouterr().out.strip() == f"search (covidnet-nas) {search.__version__}"
+
+
+def test_follow_up_commands_are_printed_as_they_can_be_run(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    import sys
+
+    from search.console import invocation
+
+    monkeypatch.setattr(sys, "argv", ["/some/venv/bin/search", "run"])
+    monkeypatch.setenv("PATH", "/usr/bin")  # the environment is not activated
+    assert invocation() == "/some/venv/bin/search"
+    monkeypatch.setattr(sys, "argv", ["/x/search/__main__.py", "run"])
+    assert invocation() == f"{sys.executable} -m search"
+
+
+def test_a_run_refused_at_start_leaves_no_config_behind(
+    tmp_path: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pathlib import Path
+
+    out = Path(str(tmp_path)) / "run"
+    missing = Path(str(tmp_path)) / "no-such-data"
+    assert main(["--quiet", "run", "--out", str(out), "--data", str(missing), "--trials", "1"]) == 2
+    assert "no-such-data" in capsys.readouterr().err
+    assert not (out / "config.yaml").exists() and not out.exists()
