@@ -185,7 +185,10 @@ def explain_table(entries: Sequence[ExplainEntry]) -> ExplainTable:
                 "test_accuracy": entry.test_accuracy,
                 "val_accuracy": entry.val_accuracy,
                 "slice_accuracy": s.accuracy,
-                "share_inside": None if s.mean_share_inside is None else 100 * s.mean_share_inside,
+                # boxes that are the whole slices make "100 % inside" say nothing: n/a
+                "share_inside": None
+                if s.mean_share_inside is None or s.boxes_fill_images
+                else 100 * s.mean_share_inside,
                 "box_fraction": 100 * s.mean_box_fraction,
                 "flagged": f"{s.n_mostly_outside} of {s.n}",
             }
@@ -200,7 +203,10 @@ def explain_table(entries: Sequence[ExplainEntry]) -> ExplainTable:
         f"(the model was trained on crops)."
     )
     if any(e.summary.boxes_fill_images for e in entries):
-        note += " Where the box area is about 100 %, the boxes are the whole slices: the audit cannot tell."
+        note += (
+            " Where the box area is about 100 %, the boxes are the whole slices: the audit cannot tell, "
+            "and its share inside is n/a."
+        )
     return ExplainTable(
         name="explain",
         title="Attribution inside the body box (explainability audit)",

@@ -28,9 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--explain",
         type=int,
-        default=4,
+        default=0,
         metavar="K",
-        help="explainability audit of the best-NetScore candidate and CT L on K test images each (0: none)",
+        help="opt-in explainability audit of the best-NetScore candidate and CT L on K test images each "
+        "(the [explain] extra; default 0: none)",
     )
     p.add_argument(
         "--explain-method",

@@ -71,3 +71,18 @@ def test_report_shows_the_audit_beside_the_accuracy(filled: str, tmp_path: Path)
     assert "Attribution inside the body box" in page and 'srcset="explain_best.png 1.1x"' in page
     assert "![" in (out / "report.md").read_text()
     assert out / "explain_best.png" in report.files
+
+
+def test_boxes_that_are_whole_images_make_the_share_inside_na() -> None:
+    from dataclasses import replace
+
+    from reports.explain_grid import explain_table
+
+    whole = [
+        replace(_result("a.png", 1.0), box_fraction=1.0),
+        replace(_result("b.png", 1.0), box_fraction=1.0),
+    ]
+    entry = ExplainEntry("m", "best NetScore", 1, "a", 90.0, 91.0, summarize(whole, 64, "2"), "g.png")
+    table = explain_table([entry])
+    assert table.rows[0]["share_inside"] is None  # not "100 % inside"
+    assert "n/a" in table.to_markdown() and "audit cannot tell" in table.note

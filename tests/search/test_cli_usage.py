@@ -68,3 +68,9 @@ def test_a_run_refused_at_start_leaves_no_config_behind(
     assert main(["--quiet", "run", "--out", str(out), "--data", str(missing), "--trials", "1"]) == 2
     assert "no-such-data" in capsys.readouterr().err
     assert not (out / "config.yaml").exists() and not out.exists()
+
+
+def test_the_explainability_audit_is_opt_in() -> None:
+    from search.cli import build_parser
+
+    assert build_parser().parse_args(["report"]).explain == 0
