@@ -330,7 +330,7 @@ def final_tables(stage: FinalStage) -> list[Table]:
 def final_plot(stage: FinalStage, axis: str, out_dir: Path, stem: str) -> list[Path]:
     """Final accuracy (with its 95 % interval as an error bar) against ``axis``, log scale; the
     final front's step line runs from its first to its last member."""
-    from reports.plots import _save, majority_line
+    from reports.plots import _save, declutter, majority_line
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(9.0, 5.0))
@@ -342,6 +342,7 @@ def final_plot(stage: FinalStage, axis: str, out_dir: Path, stem: str) -> list[P
     fx, fy = xs[idx], ys[idx]
     ax.step(fx / scale, fy, where="post", color="#1f4e8c", lw=1.4, alpha=0.8, zorder=2,
             label="final front (this plane)")  # fmt: skip
+    labels: list[Any] = []
     for role, (marker, color, size) in ROLE_STYLE.items():
         g = rows[rows["role"] == role]
         if not len(g):
@@ -354,8 +355,8 @@ def final_plot(stage: FinalStage, axis: str, out_dir: Path, stem: str) -> list[P
         ax.scatter(gx, gy, marker=marker, s=size, color=color, edgecolors=edge, linewidths=0.6, zorder=4,
                    label=ROLE_NAMES.get(role, role))  # fmt: skip
         for xi, yi, label in zip(gx, gy, g["label"]):
-            ax.annotate(str(label), (xi, yi), xytext=(5, 4), textcoords="offset points", fontsize=7,
-                        color=color, zorder=5)  # fmt: skip
+            labels.append(ax.annotate(str(label), (xi, yi), xytext=(5, 4), textcoords="offset points",
+                                      fontsize=7, color=color, zorder=5))  # fmt: skip
     split = str(rows["final_split"].iloc[0])
     majority = stage.majority.get(split)
     if majority is not None:
@@ -371,6 +372,7 @@ def final_plot(stage: FinalStage, axis: str, out_dir: Path, stem: str) -> list[P
     ax.set_title(f"{stage.study}: final stage, accuracy against {AXES[axis]} (black edge: final Pareto)")
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    declutter(fig, labels)
     paths = _save(fig, out_dir, stem)
     plt.close(fig)
     return paths

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +57,11 @@ def pareto_plot(
         _iso_lines(ax, measured, y_lim, x_lim, scale)
     if majority is not None:
         majority_line(ax, majority, "val")
+    labels: list[Any] = []
     for g in all_groups:
-        _scatter(ax, g, axis, scale)
+        labels += _scatter(ax, g, axis, scale)
     _axes(ax, collection, axis, (xs_all.min() / scale / 1.6, xs_all.max() / scale * 1.6), y_lim, unit_name)
+    declutter(fig, labels)
     paths = _save(fig, out_dir, stem)
     plt.close(fig)
     return paths
@@ -86,8 +89,34 @@ def _front(ax: Any, candidates: pd.DataFrame, axis: str, scale: float) -> None:
     )
 
 
-def _scatter(ax: Any, g: Group, axis: str, scale: float) -> None:
-    """One group's points (never-trained ones on the bottom edge) and, if labelled, their names."""
+# where a point's label may go, in points from the point: right-above first, then the other sides,
+# then further away
+OFFSETS = [(dx, dy) for step in range(6) for dx, dy in ((5, 4 + 9 * step), (5, -11 - 9 * step),
+           (-5, 4 + 9 * step), (-5, -11 - 9 * step))]  # fmt: skip
+
+
+def declutter(fig: Any, labels: Sequence[Any]) -> None:
+    """Move each label (an annotation) to the first offset where its drawn box meets no label
+    placed before it; left where it was when none is free."""
+    renderer = fig.canvas.get_renderer()
+    placed: list[Any] = []
+    for t in labels:
+        for dx, dy in OFFSETS:
+            t.set_position((dx, dy))
+            t.set_horizontalalignment("left" if dx > 0 else "right")
+            box = t.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                break
+        else:
+            t.set_position(OFFSETS[0])
+            t.set_horizontalalignment("left")
+            box = t.get_window_extent(renderer)
+        placed.append(box)
+
+
+def _scatter(ax: Any, g: Group, axis: str, scale: float) -> list[Any]:
+    """One group's points (never-trained ones on the bottom edge) and, if labelled, their names
+    (returned, to be placed apart by ``declutter``)."""
     from matplotlib.transforms import blended_transform_factory
 
     bottom = blended_transform_factory(ax.transData, ax.transAxes)
@@ -113,18 +142,22 @@ def _scatter(ax: Any, g: Group, axis: str, scale: float) -> None:
                 clip_on=False,
                 **kw,
             )
+    texts = []
     if g.labelled:
         for xi, yi, label in zip(x, g.y, g.rows["label"]):
             if np.isfinite(yi):
-                ax.annotate(
-                    str(label),
-                    (xi, yi),
-                    xytext=(5, 4),
-                    textcoords="offset points",
-                    fontsize=7,
-                    color=g.color,
-                    zorder=5,
+                texts.append(
+                    ax.annotate(
+                        str(label),
+                        (xi, yi),
+                        xytext=(5, 4),
+                        textcoords="offset points",
+                        fontsize=7,
+                        color=g.color,
+                        zorder=5,
+                    )
                 )
+    return texts
 
 
 def _axes(

@@ -88,22 +88,14 @@ def test_at_the_pages_width_pictures_are_natural_size_labels_apart_and_setup_sho
 def test_labels_of_crowded_points_are_moved_apart(tmp_path: Path) -> None:
     """Two baselines drawn almost on CT L (the issue's CT L / CT S labels over each other)."""
     import optuna
-    from optuna.trial import create_trial
 
     from reports.build import build_report
-    from tests.reports.studies import _trained_attrs, fill_study
+    from tests.reports.studies import add_crowded_baselines, fill_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = f"sqlite:///{tmp_path / 'study.db'}"
     fill_study(url)
-    base = optuna.load_study(study_name="t:baselines", storage=url)
-    for name, acc, params, macs in (
-        ("ResNet-18", 80.4, 1_420_000, 32_600_000),
-        ("CT S", 79.7, 1_400_000, 31_900_000),
-    ):
-        attrs = {"kind": "baseline", "baseline": name, "display_name": name, "arch_id": name}
-        attrs.update(_trained_attrs(acc, params, macs, (24, 24), 90.0))
-        base.add_trial(create_trial(values=[acc, float(params), float(macs)], user_attrs=attrs))
+    add_crowded_baselines(url)
     build_report(url, "t", tmp_path / "report")
     probe = check_page(tmp_path / "report" / "index.html", str(BROWSER)).probe
     for svg in probe["labels"]:

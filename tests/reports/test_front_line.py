@@ -54,3 +54,32 @@ def test_interactive_step_line_ends_at_the_last_member(collection: Any) -> None:
         tip = re.escape(str(last["label"]))
         cx = float(re.search(r'<circle cx="([\d.]+)"[^>]*data-tip="' + tip, svg).group(1))
         assert max(xs) == pytest.approx(cx, abs=0.11)
+
+
+@pytest.mark.parametrize("axis", ["macs", "params"])
+def test_static_labels_of_crowded_points_do_not_overlap(
+    axis: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.reports.studies import add_crowded_baselines
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    fill_study(url)
+    add_crowded_baselines(url)
+    c = collect(url, "t")
+    drawn: list[Any] = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out, stem: drawn.append(fig) or [])
+    monkeypatch.setattr(plots.pyplot(), "close", lambda fig: None)
+    plots.pareto_plot(c, pareto_rows(c), axis, tmp_path, "p")
+    fig = drawn[0]
+    renderer = fig.canvas.get_renderer()
+    names = {"ResNet-18", "CT S", "CT L (prototype, #0)", "MobileNetV2"}
+    texts = [t for t in fig.axes[0].texts if t.get_text() in names]
+    assert len(texts) == len(names)
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    clashes = [
+        (texts[i].get_text(), texts[j].get_text())
+        for i in range(len(boxes))
+        for j in range(i + 1, len(boxes))
+        if boxes[i].overlaps(boxes[j])
+    ]
+    assert clashes == []
