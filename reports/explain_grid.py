@@ -46,11 +46,17 @@ def heatmap_on_image(result: ImageAttribution) -> np.ndarray:
     return heat / top if top > 0 else heat
 
 
-def _panel(ax: Any, result: ImageAttribution) -> None:
+COLORBAR_LABEL = "attribution (share of the slice's maximum)"
+
+
+def _panel(ax: Any, result: ImageAttribution) -> Any:
+    """Draw one slice with its overlay; returns the overlay's image (for a colour bar)."""
     from matplotlib.patches import Rectangle
 
     ax.imshow(result.image, cmap="gray", vmin=0, vmax=255, interpolation="bilinear")
-    ax.imshow(heatmap_on_image(result), cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear")
+    overlay = ax.imshow(
+        heatmap_on_image(result), cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear"
+    )
     x0, y0, x1, y1 = result.box
     ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="cyan", lw=1.0, ls="--"))
     share = "n/a" if result.share_inside is None else f"{100 * result.share_inside:.0f} %"
@@ -64,14 +70,21 @@ def _panel(ax: Any, result: ImageAttribution) -> None:
     ax.set_xlabel(result.name, fontsize=7)
     ax.set_xticks([])
     ax.set_yticks([])
+    return overlay
+
+
+def _colorbar(fig: Any, overlay: Any, axes: Any) -> None:
+    bar = fig.colorbar(overlay, ax=axes, shrink=0.8, pad=0.02)
+    bar.set_label(COLORBAR_LABEL, fontsize=7)
+    bar.solids.set_alpha(1.0)
 
 
 @styled(font_size=8)
 def save_overlay(result: ImageAttribution, path: str | Path) -> Path:
     """One slice with its attribution overlay, box, prediction and share inside, as a PNG."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(3.2, 3.5))
-    _panel(ax, result)
+    fig, ax = plt.subplots(figsize=(3.9, 3.5))
+    _colorbar(fig, _panel(ax, result), ax)
     path = Path(path)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -88,14 +101,17 @@ def save_grid(
     plt = pyplot()
     cols = max(1, min(columns, len(results)))
     rows = math.ceil(len(results) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.7 * cols, 3.2 * rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(2.7 * cols + 0.8, 3.2 * rows + 0.4), squeeze=False, layout="constrained"
+    )
+    overlay = None
     for ax, result in zip(axes.flat, results):
-        _panel(ax, result)
+        overlay = _panel(ax, result)
     for ax in list(axes.flat)[len(results) :]:
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout(h_pad=1.2)
+    _colorbar(fig, overlay, axes)
     path = Path(path)
     fig.savefig(path, dpi=GRID_DPI)
     plt.close(fig)
