@@ -322,15 +322,20 @@ class SearchDriver:
         done = scored_trials(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         last_step = int(getattr(self.evaluator, "steps", config.train.epochs))
 
+        seen: list[dict[str, float]] = []  # what a trial stopped early keeps as its history
+
         def on_epoch(epoch: int, val_accuracy: float) -> None:
+            seen.append({"epoch": epoch, "val_accuracy": val_accuracy})
             if config.objective == "netscore":
                 trial.report(netscore(max(val_accuracy, 1e-3), prof.params, prof.macs), epoch)
                 if trial.should_prune():
                     trial.set_user_attr("stopped_at_epoch", epoch)
+                    trial.set_user_attr("history", seen)
                     raise optuna.TrialPruned(f"median rule at epoch {epoch}")
             elif pareto_prune(epoch, val_accuracy, prof.params, prof.macs, done, config, last_step):
                 trial.set_user_attr("stopped_at_epoch", epoch)
                 trial.set_user_attr("stopped_val_accuracy", val_accuracy)
+                trial.set_user_attr("history", seen)
                 raise optuna.TrialPruned(f"dominated by a finished candidate at epoch {epoch}")
 
         self.trained += 1

@@ -72,6 +72,7 @@ def test_a_candidate_whose_first_fold_is_far_below_the_front_stops_after_it(tmp_
     assert ev.reported == [[1, 2, 3], [1], [1, 2, 3]]  # the far one ran one fold of three
     assert far.state.name == "PRUNED" and far.user_attrs["stopped_at_epoch"] == 1
     assert far.user_attrs["stopped_val_accuracy"] == 60.0
+    assert far.user_attrs["history"] == [{"epoch": 1, "val_accuracy": 60.0}]  # kept, stopped early too
     assert near.state.name == "COMPLETE"  # within the margin: all folds run
     # what a finished candidate stores: the mean, every fold, the interval, NetScore at its ends
     a = first.user_attrs
