@@ -330,7 +330,7 @@ def final_tables(stage: FinalStage) -> list[Table]:
 def final_plot(stage: FinalStage, axis: str, out_dir: Path, stem: str) -> list[Path]:
     """Final accuracy (with its 95 % interval as an error bar) against ``axis``, log scale; the
     final front's step line runs from its first to its last member."""
-    from reports.plots import _save, declutter, majority_line
+    from reports.plots import _save, declutter, log_ticks, majority_line
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(9.0, 5.0))
@@ -367,6 +367,7 @@ def final_plot(stage: FinalStage, axis: str, out_dir: Path, stem: str) -> list[P
     ax.set_ylim(max(0.0, min(lows) - 3.0), min(101.0, max(highs) + 3.0))
     ax.set_xscale("log")
     ax.set_xlim(xs.min() / scale / 1.6, xs.max() / scale * 1.6)
+    log_ticks(ax)
     ax.set_xlabel(f"{AXES[axis]} ({unit_name}, log scale)")
     ax.set_ylabel("final accuracy (%), 95 % interval")
     ax.set_title(f"{stage.study}: final stage, accuracy against {AXES[axis]} (black edge: final Pareto)")

@@ -95,17 +95,37 @@ OFFSETS = [(dx, dy) for step in range(6) for dx, dy in ((5, 4 + 9 * step), (5, -
            (-5, 4 + 9 * step), (-5, -11 - 9 * step))]  # fmt: skip
 
 
+def _marker_boxes(fig: Any) -> list[Any]:
+    """The drawn boxes of every scatter marker of ``fig`` (display coordinates)."""
+    from matplotlib.transforms import Bbox
+
+    boxes = []
+    for ax in fig.axes:
+        for coll in ax.collections:
+            offsets = coll.get_offsets()
+            sizes = coll.get_sizes() if hasattr(coll, "get_sizes") else []
+            if not len(offsets) or not len(sizes):
+                continue
+            points = coll.get_offset_transform().transform(offsets)
+            for k, (x, y) in enumerate(points):
+                half = (float(sizes[k % len(sizes)]) ** 0.5) / 2 * fig.dpi / 72
+                if np.isfinite(x) and np.isfinite(y):
+                    boxes.append(Bbox([[x - half, y - half], [x + half, y + half]]))
+    return boxes
+
+
 def declutter(fig: Any, labels: Sequence[Any]) -> None:
     """Move each label (an annotation) to the first offset where its drawn box meets no label
-    placed before it; left where it was when none is free."""
+    placed before it and no marker; left where it was when none is free."""
     renderer = fig.canvas.get_renderer()
+    markers = _marker_boxes(fig)
     placed: list[Any] = []
     for t in labels:
         for dx, dy in OFFSETS:
             t.set_position((dx, dy))
             t.set_horizontalalignment("left" if dx > 0 else "right")
             box = t.get_window_extent(renderer)
-            if not any(box.overlaps(other) for other in placed):
+            if not any(box.overlaps(other) for other in placed + markers):
                 break
         else:
             t.set_position(OFFSETS[0])
@@ -169,16 +189,11 @@ def _axes(
     unit_name: str,
 ) -> None:
     """Log x axis with 1-2-5 tick labels, limits, labels, title, grid and the legend beside."""
-    from matplotlib.ticker import FuncFormatter
 
     size = _complexity_size(collection)
     ax.set_xscale("log")
     ax.set_xlim(*x_lim)
-    ticks = FuncFormatter(
-        lambda v, _: f"{v:g}" if round(v / 10 ** np.floor(np.log10(v)), 6) in (1, 2, 5) else ""
-    )
-    ax.xaxis.set_major_formatter(ticks)
-    ax.xaxis.set_minor_formatter(ticks)
+    log_ticks(ax)
     ax.set_ylim(*y_lim)
     where = f"at {size}x{size}x3, 3 classes" if axis == "macs" else "3-class head"
     ax.set_xlabel(f"{AXES[axis]} ({unit_name}) {where} (log scale)")
@@ -186,6 +201,17 @@ def _axes(
     ax.set_title(f"{collection.study}: validation accuracy against {AXES[axis]}")
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
+def log_ticks(ax: Any) -> None:
+    """1-2-5 tick labels on a log x axis ("0.5", "1", "2"), not "5x10^-1"."""
+    from matplotlib.ticker import FuncFormatter
+
+    ticks = FuncFormatter(
+        lambda v, _: f"{v:g}" if round(v / 10 ** np.floor(np.log10(v)), 6) in (1, 2, 5) else ""
+    )
+    ax.xaxis.set_major_formatter(ticks)
+    ax.xaxis.set_minor_formatter(ticks)
 
 
 def _iso_lines(  # type: ignore[no-untyped-def]
