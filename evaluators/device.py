@@ -140,3 +140,32 @@ def runtime_info(device: str | torch.device = "auto", precision: str = "auto", *
             "cudnn": torch.backends.cudnn.version() if dev.type == "cuda" else None,
         },
     }
+
+
+def environment(device: str | torch.device = "auto") -> dict[str, object]:
+    """Where a run ran, for the record (a report's setup block): the resolved device (and the GPU's
+    name), torch's intra-op threads, and the versions of Python, torch, Optuna and this toolkit."""
+    import platform
+    from importlib import metadata
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    dev = resolve_device(device)
+    gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else None
+    return {
+        "device": str(dev),
+        "device_type": dev.type,
+        "gpu": gpu,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "optuna": version("optuna"),
+            "covidnet-nas": version("covidnet-nas"),
+        },
+    }

@@ -7,6 +7,8 @@ trains) and writes::
     interactive.html      the hover plots on their own
     pareto_macs.{png,svg} pareto_params.{png,svg} progress.{png,svg}
     table3.* table4.* table5.* tradeoff.*   (.md, .csv, .html each)
+    final_pareto_macs.{png,svg} final_pareto_params.{png,svg}   (when ``<study>:final`` exists)
+    final.* final_front.* final_tradeoff.* fidelity.*           (the final stage's tables)
     report.md             the tables in one Markdown file
     trials.csv            one row per trial, every stored attribute flattened
     progress.csv          hypervolume and best NetScore per finished trial
@@ -30,10 +32,12 @@ from reports import html as html_page
 from reports import interactive
 from reports.collect import KIND_BASELINE, KIND_PRUNED, Collection, collect, trials_table
 from reports.explain_grid import ExplainEntry, explain_table
+from reports.final import FinalStage, final_json, final_plot, final_stage, final_tables
 from reports.pareto import pareto_indices
 from reports.plots import pareto_plot, progress_plot
 from reports.progress import Progress, progress
-from reports.tables import Table, per_class_table, summary_table, table3, tradeoff_table
+from reports.setup import setup, setup_table
+from reports.tables import Table, footnote, per_class_table, summary_table, table3, tradeoff_table
 from space.errors import UserInputError
 
 SPLITS = ("test", "val")
@@ -52,6 +56,9 @@ class Report:
     summary: dict[str, Any] = field(default_factory=dict)
     pareto_numbers: list[int] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
+    final: FinalStage | None = None
+    final_tables: list[Table] = field(default_factory=list)
+    setup: dict[str, Any] = field(default_factory=dict)
 
     @property
     def index(self) -> Path:
@@ -111,7 +118,7 @@ def summarise(collection: Collection, front: pd.DataFrame, prog: Progress) -> di
         "study": collection.study,
         "objective": collection.study_attrs.get("objective", "n/a"),
         "trials": len(search),
-        **{f"trials {k}": v for k, v in counts.items()},
+        **{f"trials {k.replace('_', ' ')}": v for k, v in counts.items()},
         "compute time (sum over trials)": _duration(compute),
         "compute seconds": round(compute, 1),
         "wall time (first start to last finish)": _duration(
@@ -159,15 +166,37 @@ def build_report(
     prog = progress(collection)
     report.pareto_numbers = [int(n) for n in front["number"]]
     report.summary = summarise(collection, front, prog)
+    report.setup = setup(collection, source)
     report.files += pareto_plot(collection, front, "macs", out, "pareto_macs")
     report.files += pareto_plot(collection, front, "params", out, "pareto_params")
     report.files += progress_plot(prog, out)
     report.tables = _tables(collection, front, split, out, explain, report)
-    for t in report.tables:
+    report.final = final_stage(collection)
+    if report.final is not None:
+        report.final_tables = final_tables(report.final)
+        for axis in ("macs", "params"):
+            report.files += final_plot(report.final, axis, out, f"final_pareto_{axis}")
+        report.summary.update(_final_summary(report.final))
+    for t in [*report.tables, *report.final_tables]:
         report.files += t.write(out)
     report.files += _write_data(collection, report, prog, split, source)
     report.files += _write_pages(collection, report, front, prog, study)
     return report
+
+
+def _final_summary(stage: FinalStage) -> dict[str, Any]:
+    """The summary's lines on the final stage."""
+    fid = stage.fidelity or {}
+    tau = (fid.get("kendall_tau") or {}).get("value")
+    ci = (fid.get("kendall_tau") or {}).get("ci")
+    tau_text = "n/a (under 2 finalised search trials)" if tau is None else f"{tau:+.3f}"
+    if tau is not None and ci:
+        tau_text += f" [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+    return {
+        "final stage": f"{len(stage.rows)} models ({stage.describe()})",
+        "final Pareto members": ", ".join(str(v) for v in stage.front["label"]),
+        "proxy fidelity (Kendall tau, proxy vs final)": f"{tau_text} over {len(stage.searched)} models",
+    }
 
 
 def _collect_trained(storage: str | BaseStorage, study: str) -> Collection:
@@ -192,10 +221,10 @@ def _tables(
     rows = table_rows(collection, front)
     sizes = rows["complexity_size"].dropna().unique()
     size = "/".join(str(int(s)) for s in sorted(sizes)) or "?"
-    candidates = collection.frame[collection.frame["measured"] & (collection.frame["kind"] != KIND_BASELINE)]
+    candidates = collection.proxy_measured[collection.proxy_measured["kind"] != KIND_BASELINE]
     baselines = collection.frame[collection.frame["measured"] & (collection.frame["kind"] == KIND_BASELINE)]
     tables: list[Table] = [
-        table3(rows, size),
+        table3(rows, size, {k: collection.majority_rate(k) for k in ("val", "test")}),
         per_class_table(rows, split, ("sensitivity", "ppv"), 4),
         per_class_table(rows, split, ("specificity", "npv"), 5),
         tradeoff_table(baselines, candidates),
@@ -214,12 +243,14 @@ def _write_data(
     """``report.md``, ``trials.csv``, ``progress.csv`` and ``report.json``."""
     out = report.out_dir
     md = out / "report.md"
-    md.write_text("\n".join(t.to_markdown() for t in report.tables), encoding="utf-8")
+    tables = [*report.tables, *report.final_tables]
+    md.write_text("\n".join(t.to_markdown() for t in tables), encoding="utf-8")
     trials_csv = out / "trials.csv"
     trials_table(collection).to_csv(trials_csv, index=False)
     progress_csv = out / "progress.csv"
     prog.by_number.to_csv(progress_csv, index=False)
     meta = {
+        "setup": report.setup,
         "summary": report.summary,
         "pareto_trials": report.pareto_numbers,
         "hypervolume": {
@@ -229,6 +260,7 @@ def _write_data(
             "reference_point": [1.0, 2.0, 2.0],
             "definition": prog.normaliser.describe(),
         },
+        "final": final_json(report.final) if report.final is not None else None,
         "split": split,
         "source": source,
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -256,12 +288,15 @@ def _write_pages(
         html_page.index_page(
             title=f"Search report: {study}",
             summary=summary_table({k: v for k, v in report.summary.items() if k != "compute seconds"}),
+            setup=setup_table(report.setup),
+            plot_note=footnote(collection.proxy_measured),
             banner=banner,
             tables=report.tables,
             plot_fragment=interactive.plot_fragment(collection, front),
             plot_style=interactive.STYLE,
             plot_script=interactive.SCRIPT,
             hypervolume_note=prog.caption(),
+            final_tables=report.final_tables,
             downloads=["trials.csv", "progress.csv", "report.md", "report.json", "interactive.html"],
         ),
         encoding="utf-8",

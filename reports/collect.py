@@ -27,7 +27,11 @@ CT_L_ORIGIN = "prototype:ct-l"
 KIND_SEARCH = "search"
 KIND_BASELINE = "baseline"
 KIND_PRUNED = "pruned"
-STATUSES = ("complete", "pruned", "infeasible", "failed", "interrupted", "running", "waiting")
+KIND_FINAL = "final"  # ``<study>:final``: models retrained at full fidelity (``search final``)
+STATUSES = ("complete", "stopped_early", "infeasible", "failed", "interrupted", "running", "waiting")
+# Optuna's early stop (TrialState.PRUNED) is "stopped_early"; studies of earlier versions stored
+# status "pruned", read as the same (``pruned`` alone means channel pruning, KIND_PRUNED)
+OLD_STATUSES = {"pruned": "stopped_early"}
 # The columns trials.csv starts with; every stored attribute follows as ``attr.<path>``.
 CORE_COLUMNS = (
     "study",
@@ -54,7 +58,52 @@ CORE_COLUMNS = (
     "measured",
     "candidate",
     "is_ct_l",
+    "training",
+    "differs",
 )
+
+
+TRAINING_KEYS = (
+    "protocol",
+    "epochs",
+    "image_size",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "cosine",
+    "warmup_epochs",
+    "label_smoothing",
+    "ema",
+    "augment",
+    "balanced",
+    "patience",
+    "cv_folds",
+    "repeats",
+)
+
+
+def training_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The training settings of a run configuration (or a trial's ``train_config``)."""
+    return {k: config[k] for k in TRAINING_KEYS if k in config}
+
+
+def training_text(config: Mapping[str, Any]) -> str:
+    """A short name of a training configuration: "proxy, 4 epochs, 64 px"."""
+    parts = [str(config["protocol"])] if config.get("protocol") else []
+    if config.get("epochs") is not None:
+        parts.append(f"{config['epochs']} epochs")
+    if config.get("image_size") is not None:
+        parts.append(f"{config['image_size']} px")
+    return ", ".join(parts) or "not recorded"
+
+
+def differences(config: Mapping[str, Any], reference: Mapping[str, Any]) -> str:
+    """How ``config`` differs from ``reference`` in the training settings both state
+    ("epochs 2 (search 1)"), or "" when it does not."""
+    keys = [k for k in TRAINING_KEYS if k in config and k in reference]
+    return ", ".join(f"{k.replace('_', ' ')} {config[k]} (search {reference[k]})" for k in keys
+                     if config[k] != reference[k])  # fmt: skip
 
 
 class StudyNotFound(UserInputError, LookupError):
@@ -76,6 +125,7 @@ class Collection:
         study_attrs: the search study's user attrs (``objective``, ``run_config``, ...).
         companions: names of the companion studies read.
         started: when the search study's first trial started.
+        companion_attrs: each companion study's user attrs, by name (``final_config``, ...).
     """
 
     study: str
@@ -83,6 +133,7 @@ class Collection:
     study_attrs: dict[str, Any] = field(default_factory=dict)
     companions: list[str] = field(default_factory=list)
     started: datetime | None = None
+    companion_attrs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def of_kind(self, kind: str) -> pd.DataFrame:
         return self.frame[self.frame["kind"] == kind]
@@ -92,9 +143,22 @@ class Collection:
         return self.frame[self.frame["study"] == self.study]
 
     @property
+    def proxy_measured(self) -> pd.DataFrame:
+        """Every measured model but the final stage's (whose figures come from another training)."""
+        f = self.frame
+        return f[f["measured"] & (f["kind"] != KIND_FINAL)]
+
+    @property
     def candidates(self) -> pd.DataFrame:
         """The search's measured, feasible candidates: the points of its Pareto front."""
         return self.frame[self.frame["candidate"]]
+
+    def majority_rate(self, split: str, study: str | None = None) -> float | None:
+        """The majority-class rate (%) of ``split`` stored by ``study`` (default: the search's):
+        the accuracy of always predicting the largest class."""
+        attrs = self.study_attrs if study is None else self.companion_attrs.get(study, {})
+        rates = (attrs.get("data") or {}).get("majority_rate") or {}
+        return _float(rates.get(split))
 
     def counts(self) -> dict[str, int]:
         """Trials of the search study by status (running and waiting ones included)."""
@@ -120,21 +184,29 @@ def collect(storage: str | BaseStorage, study: str) -> Collection:
     starts = [t.datetime_start for t in trials if t.datetime_start is not None]
     started = min(starts) if starts else None
     rows = [_row(t, study, KIND_SEARCH, started) for t in trials]
+    companion_attrs: dict[str, dict[str, Any]] = {}
     for name in companions:
         other = optuna.load_study(study_name=name, storage=storage)
+        companion_attrs[name] = dict(other.user_attrs)
         default_kind = str(other.user_attrs.get("kind", name.split(":", 1)[1].rstrip("s") or "other"))
         rows += [_row(t, name, default_kind, started) for t in other.get_trials(deepcopy=False)]
+    reference = training_config(main.user_attrs.get("run_config") or {})
+    for r in rows:
+        trained = training_config(r["attrs"].get("train_config") or {})
+        r["training"] = training_text(trained) if trained else "not recorded"
+        # the final stage has its own single configuration (reports.final); compared there, not here
+        r["differs"] = differences(trained, reference) if r["kind"] != KIND_FINAL and r["measured"] else ""
     frame = pd.DataFrame(rows, columns=[*CORE_COLUMNS, "val_view", "test_view", "attrs", "trial_params"])
-    return Collection(study, frame, dict(main.user_attrs), companions, started)
+    return Collection(study, frame, dict(main.user_attrs), companions, started, companion_attrs)
 
 
 def _status(t: FrozenTrial) -> str:
     stored = t.user_attrs.get("status")
     if isinstance(stored, str) and stored:
-        return stored
+        return OLD_STATUSES.get(stored, stored)
     return {
         TrialState.COMPLETE: "complete",
-        TrialState.PRUNED: "pruned",
+        TrialState.PRUNED: "stopped_early",
         TrialState.FAIL: "failed",
         TrialState.RUNNING: "running",
         TrialState.WAITING: "waiting",
@@ -198,8 +270,12 @@ def _label(number: int, kind: str, a: Mapping[str, Any], is_ct_l: bool) -> str:
         return str(a.get("display_name") or a.get("baseline") or f"baseline #{number}")
     if is_ct_l:
         return f"CT L (prototype, #{number})"
-    if kind == KIND_PRUNED:
-        return str(a.get("display_name") or f"pruned #{number}")
+    if kind == KIND_PRUNED:  # a channel-pruned model, named with its source (``origin``)
+        source = str(a.get("origin") or "").removeprefix("pruned:").strip()
+        name = str(a.get("display_name") or f"pruned #{number}")
+        return f"{name} (from {source})" if source and source not in name else name
+    if kind == KIND_FINAL:
+        return str(a.get("display_name") or f"{kind} #{number}")
     return f"#{number} {a.get('arch_id', '?')}"
 
 

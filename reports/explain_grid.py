@@ -19,9 +19,10 @@ import numpy as np
 
 from evaluators.data.classes import CLASS_NAMES
 from evaluators.explain import MOSTLY_OUTSIDE, ExplainSummary, ImageAttribution
-from reports.figures import pyplot, styled
+from reports.figures import pyplot, srcset, styled
 from reports.tables import Column, Table
 
+GRID_DPI = 110
 METHOD_NAMES = {"gradcam": "Grad-CAM", "integrated-gradients": "integrated gradients"}
 
 
@@ -45,11 +46,17 @@ def heatmap_on_image(result: ImageAttribution) -> np.ndarray:
     return heat / top if top > 0 else heat
 
 
-def _panel(ax: Any, result: ImageAttribution) -> None:
+COLORBAR_LABEL = "attribution (share of the slice's maximum)"
+
+
+def _panel(ax: Any, result: ImageAttribution) -> Any:
+    """Draw one slice with its overlay; returns the overlay's image (for a colour bar)."""
     from matplotlib.patches import Rectangle
 
     ax.imshow(result.image, cmap="gray", vmin=0, vmax=255, interpolation="bilinear")
-    ax.imshow(heatmap_on_image(result), cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear")
+    overlay = ax.imshow(
+        heatmap_on_image(result), cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear"
+    )
     x0, y0, x1, y1 = result.box
     ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="cyan", lw=1.0, ls="--"))
     share = "n/a" if result.share_inside is None else f"{100 * result.share_inside:.0f} %"
@@ -63,14 +70,21 @@ def _panel(ax: Any, result: ImageAttribution) -> None:
     ax.set_xlabel(result.name, fontsize=7)
     ax.set_xticks([])
     ax.set_yticks([])
+    return overlay
+
+
+def _colorbar(fig: Any, overlay: Any, axes: Any) -> None:
+    bar = fig.colorbar(overlay, ax=axes, shrink=0.8, pad=0.02)
+    bar.set_label(COLORBAR_LABEL, fontsize=7)
+    bar.solids.set_alpha(1.0)
 
 
 @styled(font_size=8)
 def save_overlay(result: ImageAttribution, path: str | Path) -> Path:
     """One slice with its attribution overlay, box, prediction and share inside, as a PNG."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(3.2, 3.5))
-    _panel(ax, result)
+    fig, ax = plt.subplots(figsize=(3.9, 3.5))
+    _colorbar(fig, _panel(ax, result), ax)
     path = Path(path)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -87,16 +101,19 @@ def save_grid(
     plt = pyplot()
     cols = max(1, min(columns, len(results)))
     rows = math.ceil(len(results) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.7 * cols, 3.2 * rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(2.7 * cols + 0.8, 3.2 * rows + 0.4), squeeze=False, layout="constrained"
+    )
+    overlay = None
     for ax, result in zip(axes.flat, results):
-        _panel(ax, result)
+        overlay = _panel(ax, result)
     for ax in list(axes.flat)[len(results) :]:
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout(h_pad=1.2)
+    _colorbar(fig, overlay, axes)
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=GRID_DPI)
     plt.close(fig)
     return path
 
@@ -144,7 +161,8 @@ class ExplainTable(Table):
     def to_html(self) -> str:
         e = html.escape
         figs = "".join(
-            f'<figure><a href="{e(png)}"><img src="{e(png)}" alt="{e(cap)}"></a>'
+            f'<figure><a href="{e(png)}"><img srcset="{e(srcset(png, GRID_DPI))}" '
+            f'alt="{e(cap)}"></a>'
             f"<figcaption>{e(cap)}</figcaption></figure>"
             for png, cap in self.figures
         )
@@ -183,7 +201,10 @@ def explain_table(entries: Sequence[ExplainEntry]) -> ExplainTable:
                 "test_accuracy": entry.test_accuracy,
                 "val_accuracy": entry.val_accuracy,
                 "slice_accuracy": s.accuracy,
-                "share_inside": None if s.mean_share_inside is None else 100 * s.mean_share_inside,
+                # boxes that are the whole slices make "100 % inside" say nothing: n/a
+                "share_inside": None
+                if s.mean_share_inside is None or s.boxes_fill_images
+                else 100 * s.mean_share_inside,
                 "box_fraction": 100 * s.mean_box_fraction,
                 "flagged": f"{s.n_mostly_outside} of {s.n}",
             }
@@ -198,7 +219,10 @@ def explain_table(entries: Sequence[ExplainEntry]) -> ExplainTable:
         f"(the model was trained on crops)."
     )
     if any(e.summary.boxes_fill_images for e in entries):
-        note += " Where the box area is about 100 %, the boxes are the whole slices: the audit cannot tell."
+        note += (
+            " Where the box area is about 100 %, the boxes are the whole slices: the audit cannot tell, "
+            "and its share inside is n/a."
+        )
     return ExplainTable(
         name="explain",
         title="Attribution inside the body box (explainability audit)",

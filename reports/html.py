@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 
+from reports.figures import srcset
 from reports.tables import Table
 
 STYLE = """
@@ -23,7 +24,7 @@ table.data th { background: #f3f5f8; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; } td.na { color: #999; }
 p.note { font-size: 12px; color: #555; max-width: 900px; }
 .pics { display: flex; flex-wrap: wrap; gap: 16px; } .pics figure { margin: 0; }
-.pics img { max-width: 560px; width: 100%; border: 1px solid #eee; }
+.pics img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 12px; color: #555; }
 .banner { background: #fff7d6; border: 1px solid #e6c200; padding: 6px 10px; }
 .files a { margin-right: 12px; }
@@ -38,7 +39,7 @@ def _links(files: Sequence[str]) -> str:
 def _figure(png: str, svg: str, caption: str) -> str:
     e = html.escape
     return (
-        f'<figure><a href="{e(svg)}"><img src="{e(png)}" alt="{e(caption)}"></a>'
+        f'<figure><a href="{e(svg)}"><img srcset="{e(srcset(png))}" alt="{e(caption)}"></a>'
         f'<figcaption>{e(caption)} (<a href="{e(svg)}">SVG</a>)</figcaption></figure>'
     )
 
@@ -54,6 +55,9 @@ def index_page(
     plot_script: str,
     hypervolume_note: str,
     downloads: Sequence[str],
+    final_tables: Sequence[Table] = (),
+    setup: Table | None = None,
+    plot_note: str = "",
 ) -> str:
     """The whole page as text."""
     e = html.escape
@@ -65,6 +69,10 @@ def index_page(
     ]
     if banner:
         parts.append(f'<p class="banner">{e(banner)}</p>')
+    if setup is not None:
+        parts.append('<section id="setup">')
+        parts.append(setup.to_html())
+        parts.append("</section>")
     parts.append(summary.to_html())
     parts.append("<h2>Pareto fronts</h2>")
     parts.append(
@@ -73,6 +81,8 @@ def index_page(
         + _figure("pareto_params.png", "pareto_params.svg", "validation accuracy against params")
         + "</div>"
     )
+    if plot_note:
+        parts.append(f'<p class="note footnote">{e(plot_note.strip())} Drawn hollow, named with †.</p>')
     parts.append(
         '<h2>Interactive</h2><p class="note">Hover a point for trial, arch_id, params, MACs, accuracy and '
         'NetScore; click a legend entry to hide or show it. Also as <a href="interactive.html">'
@@ -83,6 +93,22 @@ def index_page(
         parts.append(f"<h2>{e(t.title)}</h2>")
         parts.append(t.to_html())
         parts.append(_links([f"{t.name}.md", f"{t.name}.csv"]))
+    if final_tables:
+        parts.append('<h2 id="final-stage">Final stage (full training, test split)</h2>')
+        parts.append(
+            '<p class="note">The models of the final stage were retrained under one final '
+            "configuration; their figures are shown here only, never beside the proxy's above.</p>"
+        )
+        parts.append(
+            '<div class="pics">'
+            + _figure("final_pareto_macs.png", "final_pareto_macs.svg", "final accuracy against MACs")
+            + _figure("final_pareto_params.png", "final_pareto_params.svg", "final accuracy against params")
+            + "</div>"
+        )
+        for t in final_tables:
+            parts.append(f"<h3>{e(t.title)}</h3>")
+            parts.append(t.to_html())
+            parts.append(_links([f"{t.name}.md", f"{t.name}.csv"]))
     parts.append("<h2>Search progress</h2>")
     parts.append(
         '<div class="pics">'

@@ -116,7 +116,10 @@ def _tip(r: pd.Series) -> str:
         f"val accuracy {num(r['val_accuracy'], '.1f')} %",
         f"test accuracy {num(r['test_accuracy'], '.1f')} %",
         f"NetScore {num(r['netscore'], '.1f')}",
+        f"trained: {r.get('training') or 'not recorded'}",
     ]
+    if isinstance(r.get("differs"), str) and r["differs"]:
+        lines.append(f"† trained differently: {r['differs']}")
     return "\n".join(lines)
 
 
@@ -136,10 +139,20 @@ def _svg(collection: Collection, all_groups: list[Group], axis: str) -> str:
     xs = raw / div
     ys = np.concatenate([g.y[np.isfinite(g.y)] for g in all_groups] or [np.array([50.0])])
     ys = ys if len(ys) else np.array([50.0])
+    majority = collection.majority_rate("val")
+    if majority is not None:
+        ys = np.append(ys, majority)
     sc = _Scale(xs.min() / 1.6, xs.max() * 1.6, max(0.0, ys.min() - 5), min(101.0, ys.max() + 3))
     out = [f'<svg viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" aria-label="accuracy, {axis}">']
     out += _frame(sc, f"{AXES[axis]} ({unit_name}, log scale)")
-    measured = collection.frame[collection.frame["measured"]]
+    if majority is not None:
+        y = sc.y(majority)
+        out.append(
+            f'<line class="grp-majority" x1="{LEFT}" y1="{y:.1f}" x2="{W - RIGHT}" y2="{y:.1f}" '
+            f'stroke="#b71c1c" stroke-dasharray="6,4" data-rate="{majority:.4f}">'
+            f"<title>majority class (val): {majority:.1f} %</title></line>"
+        )
+    measured = collection.proxy_measured
     if axis == "macs" and len(measured):
         out += _iso_lines(sc, measured, div)
     if len(collection.candidates):
@@ -147,12 +160,12 @@ def _svg(collection: Collection, all_groups: list[Group], axis: str) -> str:
         path = [f"M{_p(sc.x(fx[0] / div), sc.y(fy[0]))}"]
         for i in range(1, len(fx)):
             path.append(f"L{_p(sc.x(fx[i] / div), sc.y(fy[i - 1]))} L{_p(sc.x(fx[i] / div), sc.y(fy[i]))}")
-        path.append(f"L{_p(W - RIGHT, sc.y(fy[-1]))}")
         out.append(
             f'<path class="grp-front" d="{" ".join(path)}" fill="none" stroke="#1f4e8c" stroke-width="1.5"/>'
         )
+    placed: list[tuple[float, float, float, float]] = []  # label boxes drawn so far
     for g in all_groups:
-        out += _points(g, sc, axis, div)
+        out += _points(g, sc, axis, div, placed)
     out.append("</svg>")
     return "\n".join(out)
 
@@ -199,7 +212,43 @@ def _iso_lines(sc: _Scale, measured: pd.DataFrame, div: float) -> list[str]:
     return out
 
 
-def _points(g: Group, sc: _Scale, axis: str, div: float) -> list[str]:
+LABEL_PX = 10  # font size of a point's label
+CHAR_W = 0.62 * LABEL_PX  # a generous average glyph width of the sans-serif face at that size
+
+
+def _box(x: float, y: float, text: str, anchor: str) -> tuple[float, float, float, float]:
+    w = CHAR_W * len(text)
+    left = x - w if anchor == "end" else x
+    return (left, y - LABEL_PX, w, LABEL_PX * 1.3)
+
+
+def _apart(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    return a[0] + a[2] <= b[0] or b[0] + b[2] <= a[0] or a[1] + a[3] <= b[1] or b[1] + b[3] <= a[1]
+
+
+def _place(
+    x: float, y: float, text: str, placed: list[tuple[float, float, float, float]]
+) -> tuple[float, float, str]:
+    """Where a point's label goes: beside the point, on the first side (and then further away)
+    where its box meets no label drawn before and stays inside the plot."""
+    tries = []
+    for step in range(6):
+        dy = step * LABEL_PX * 1.3
+        tries += [(x + 7, y - 5 - dy, "start"), (x + 7, y + 14 + dy, "start"),
+                  (x - 7, y - 5 - dy, "end"), (x - 7, y + 14 + dy, "end")]  # fmt: skip
+    for tx, ty, anchor in tries:
+        box = _box(tx, ty, text, anchor)
+        inside = box[0] >= LEFT and box[0] + box[2] <= W - RIGHT and box[1] >= TOP and ty <= H - BOTTOM
+        if inside and all(_apart(box, other) for other in placed):
+            placed.append(box)
+            return tx, ty, anchor
+    placed.append(_box(x + 7, y - 5, text, "start"))
+    return x + 7, y - 5, "start"
+
+
+def _points(
+    g: Group, sc: _Scale, axis: str, div: float, placed: list[tuple[float, float, float, float]] | None = None
+) -> list[str]:
     e = html.escape
     out = [f'<g class="grp-{g.key}">']
     for (_, r), yv in zip(g.rows.iterrows(), g.y):
@@ -215,19 +264,23 @@ def _points(g: Group, sc: _Scale, axis: str, div: float) -> list[str]:
             f'data-tip="{tip}"><title>{tip}</title></{tag}>'
         )
         if g.labelled and np.isfinite(yv):
-            label = e(str(r["label"]))
+            text = str(r["label"])
+            tx, ty, anchor = _place(x, y, text, placed if placed is not None else [])
             out.append(
-                f'<text x="{x + 7:.1f}" y="{y - 5:.1f}" font-size="10" fill="{g.color}">{label}</text>'
+                f'<text class="label" x="{tx:.1f}" y="{ty:.1f}" text-anchor="{anchor}" '
+                f'font-size="{LABEL_PX}" fill="{g.color}">{e(text)}</text>'
             )
     out.append("</g>")
     return out
 
 
-def _legend(all_groups: list[Group], axis: str, has_front: bool) -> str:
+def _legend(all_groups: list[Group], axis: str, has_front: bool, majority: float | None = None) -> str:
     e = html.escape
     items = [(g.key, g.name, g.color) for g in all_groups]
     if has_front:
         items.append(("front", "front of the searched candidates (this plane)", "#1f4e8c"))
+    if majority is not None:
+        items.append(("majority", f"majority class (val): {majority:.1f} %", "#b71c1c"))
     if axis == "macs":
         items.append(("iso", "NetScore iso-lines (at median params)", "#9e9e9e"))
     spans = [f'<span data-group="{e(k)}"><i style="background:{c}"></i>{e(n)}</span>' for k, n, c in items]
@@ -240,7 +293,9 @@ def plot_fragment(collection: Collection, pareto_rows: pd.DataFrame) -> str:
     parts = []
     for axis in ("macs", "params"):
         parts.append(f'<div class="iplot" id="iplot-{axis}">')
-        parts.append(_legend(all_groups, axis, bool(len(collection.candidates))))
+        parts.append(
+            _legend(all_groups, axis, bool(len(collection.candidates)), collection.majority_rate("val"))
+        )
         parts.append(_svg(collection, all_groups, axis))
         parts.append("</div>")
     return "\n".join(parts)

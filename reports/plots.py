@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from reports.collect import Collection
-from reports.figures import pyplot, styled
+from reports.figures import DPI, pyplot, styled
 from reports.points import AXES, Group, front_line, groups, iso_accuracy, iso_levels, unit
 from reports.progress import Progress
 
@@ -20,7 +21,7 @@ def _save(fig, out_dir: Path, stem: str) -> list[Path]:  # type: ignore[no-untyp
     paths = []
     for fmt in FORMATS:
         path = out_dir / f"{stem}.{fmt}"
-        fig.savefig(path, dpi=150, bbox_inches="tight", metadata={"Date": None} if fmt == "svg" else None)
+        fig.savefig(path, dpi=DPI, bbox_inches="tight", metadata={"Date": None} if fmt == "svg" else None)
         paths.append(path)
     return paths
 
@@ -39,10 +40,13 @@ def pareto_plot(
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(9.0, 5.0))
     all_groups = groups(collection, pareto_rows)
-    measured = collection.frame[collection.frame["measured"]]
+    measured = collection.proxy_measured
     accs = measured["val_accuracy"].to_numpy(dtype=float)
     finite = [g.y[np.isfinite(g.y)] for g in all_groups]
     ys = np.concatenate([accs, *finite]) if len(accs) or finite else np.array([50.0])
+    majority = collection.majority_rate("val")
+    if majority is not None:
+        ys = np.append(ys, majority)
     y_lim = (max(0.0, float(np.nanmin(ys)) - 5.0), min(101.0, float(np.nanmax(ys)) + 3.0))
     xs_all = np.concatenate([g.rows[axis].to_numpy(dtype=float) for g in all_groups])
     scale, unit_name = unit(axis, list(xs_all))
@@ -51,19 +55,28 @@ def pareto_plot(
     if axis == "macs" and len(measured):
         x_lim = (float(xs_all.min()) / 1.6, float(xs_all.max()) * 1.6)
         _iso_lines(ax, measured, y_lim, x_lim, scale)
+    if majority is not None:
+        majority_line(ax, majority, "val")
+    labels: list[Any] = []
     for g in all_groups:
-        _scatter(ax, g, axis, scale)
+        labels += _scatter(ax, g, axis, scale)
     _axes(ax, collection, axis, (xs_all.min() / scale / 1.6, xs_all.max() / scale * 1.6), y_lim, unit_name)
+    declutter(fig, labels)
     paths = _save(fig, out_dir, stem)
     plt.close(fig)
     return paths
 
 
+def majority_line(ax: Any, rate: float, split: str) -> None:
+    """The chance level: a dashed line at the majority-class rate of ``split``."""
+    ax.axhline(rate, ls="--", color="#b71c1c", lw=1.0, alpha=0.7, zorder=1,
+               label=f"majority class ({split}): {rate:.1f} %")  # fmt: skip
+
+
 def _front(ax: Any, candidates: pd.DataFrame, axis: str, scale: float) -> None:
-    """The 2-D non-dominated front of the searched candidates as a step line."""
+    """The 2-D non-dominated front of the searched candidates as a step line, from its first to its
+    last member (never beyond: past the last member nothing was found)."""
     fx, fy = front_line(candidates, axis)
-    fx = np.append(fx, fx[-1] * 1.5)
-    fy = np.append(fy, fy[-1])
     ax.step(
         fx / scale,
         fy,
@@ -76,8 +89,54 @@ def _front(ax: Any, candidates: pd.DataFrame, axis: str, scale: float) -> None:
     )
 
 
-def _scatter(ax: Any, g: Group, axis: str, scale: float) -> None:
-    """One group's points (never-trained ones on the bottom edge) and, if labelled, their names."""
+# where a point's label may go, in points from the point: right-above first, then the other sides,
+# then further away
+OFFSETS = [(dx, dy) for step in range(6) for dx, dy in ((5, 4 + 9 * step), (5, -11 - 9 * step),
+           (-5, 4 + 9 * step), (-5, -11 - 9 * step))]  # fmt: skip
+
+
+def _marker_boxes(fig: Any) -> list[Any]:
+    """The drawn boxes of every scatter marker of ``fig`` (display coordinates)."""
+    from matplotlib.transforms import Bbox
+
+    boxes = []
+    for ax in fig.axes:
+        for coll in ax.collections:
+            offsets = coll.get_offsets()
+            sizes = coll.get_sizes() if hasattr(coll, "get_sizes") else []
+            if not len(offsets) or not len(sizes):
+                continue
+            points = coll.get_offset_transform().transform(offsets)
+            for k, (x, y) in enumerate(points):
+                half = (float(sizes[k % len(sizes)]) ** 0.5) / 2 * fig.dpi / 72
+                if np.isfinite(x) and np.isfinite(y):
+                    boxes.append(Bbox([[x - half, y - half], [x + half, y + half]]))
+    return boxes
+
+
+def declutter(fig: Any, labels: Sequence[Any]) -> None:
+    """Move each label (an annotation) to the first offset where its drawn box meets no label
+    placed before it and no marker; left where it was when none is free."""
+    renderer = fig.canvas.get_renderer()
+    markers = _marker_boxes(fig)
+    placed: list[Any] = []
+    for t in labels:
+        for dx, dy in OFFSETS:
+            t.set_position((dx, dy))
+            t.set_horizontalalignment("left" if dx > 0 else "right")
+            box = t.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed + markers):
+                break
+        else:
+            t.set_position(OFFSETS[0])
+            t.set_horizontalalignment("left")
+            box = t.get_window_extent(renderer)
+        placed.append(box)
+
+
+def _scatter(ax: Any, g: Group, axis: str, scale: float) -> list[Any]:
+    """One group's points (never-trained ones on the bottom edge) and, if labelled, their names
+    (returned, to be placed apart by ``declutter``)."""
     from matplotlib.transforms import blended_transform_factory
 
     bottom = blended_transform_factory(ax.transData, ax.transAxes)
@@ -103,18 +162,22 @@ def _scatter(ax: Any, g: Group, axis: str, scale: float) -> None:
                 clip_on=False,
                 **kw,
             )
+    texts = []
     if g.labelled:
         for xi, yi, label in zip(x, g.y, g.rows["label"]):
             if np.isfinite(yi):
-                ax.annotate(
-                    str(label),
-                    (xi, yi),
-                    xytext=(5, 4),
-                    textcoords="offset points",
-                    fontsize=7,
-                    color=g.color,
-                    zorder=5,
+                texts.append(
+                    ax.annotate(
+                        str(label),
+                        (xi, yi),
+                        xytext=(5, 4),
+                        textcoords="offset points",
+                        fontsize=7,
+                        color=g.color,
+                        zorder=5,
+                    )
                 )
+    return texts
 
 
 def _axes(
@@ -126,16 +189,11 @@ def _axes(
     unit_name: str,
 ) -> None:
     """Log x axis with 1-2-5 tick labels, limits, labels, title, grid and the legend beside."""
-    from matplotlib.ticker import FuncFormatter
 
     size = _complexity_size(collection)
     ax.set_xscale("log")
     ax.set_xlim(*x_lim)
-    ticks = FuncFormatter(
-        lambda v, _: f"{v:g}" if round(v / 10 ** np.floor(np.log10(v)), 6) in (1, 2, 5) else ""
-    )
-    ax.xaxis.set_major_formatter(ticks)
-    ax.xaxis.set_minor_formatter(ticks)
+    log_ticks(ax)
     ax.set_ylim(*y_lim)
     where = f"at {size}x{size}x3, 3 classes" if axis == "macs" else "3-class head"
     ax.set_xlabel(f"{AXES[axis]} ({unit_name}) {where} (log scale)")
@@ -143,6 +201,17 @@ def _axes(
     ax.set_title(f"{collection.study}: validation accuracy against {AXES[axis]}")
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
+def log_ticks(ax: Any) -> None:
+    """1-2-5 tick labels on a log x axis ("0.5", "1", "2"), not "5x10^-1"."""
+    from matplotlib.ticker import FuncFormatter
+
+    ticks = FuncFormatter(
+        lambda v, _: f"{v:g}" if round(v / 10 ** np.floor(np.log10(v)), 6) in (1, 2, 5) else ""
+    )
+    ax.xaxis.set_major_formatter(ticks)
+    ax.xaxis.set_minor_formatter(ticks)
 
 
 def _iso_lines(  # type: ignore[no-untyped-def]

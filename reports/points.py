@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from reports.collect import KIND_BASELINE, KIND_PRUNED, KIND_SEARCH, Collection
+from reports.collect import KIND_BASELINE, KIND_FINAL, KIND_PRUNED, KIND_SEARCH, Collection
 from reports.pareto import front_2d
 
 AXES = {"macs": "MACs", "params": "params"}
@@ -64,12 +64,12 @@ def groups(collection: Collection, pareto_rows: pd.DataFrame) -> list[Group]:
                 28,
             )
         )
-    stopped = search[(search["status"] == "pruned") & search["params"].notna() & search["macs"].notna()]
+    stopped = search[
+        (search["status"] == "stopped_early") & search["params"].notna() & search["macs"].notna()
+    ]
     if len(stopped):
         acc = np.array([_stopped_accuracy(a) for a in stopped["attrs"]], dtype=float)
-        out.append(
-            Group("stopped", "stopped early (pruned trial)", stopped, acc, "o", "#9e9e9e", 30, filled=False)
-        )
+        out.append(Group("stopped", "stopped early", stopped, acc, "o", "#9e9e9e", 30, filled=False))
     trained = collection.candidates
     trained = trained[~trained["is_ct_l"]]
     on_front = trained.index.isin(pareto_rows.index)
@@ -88,11 +88,44 @@ def groups(collection: Collection, pareto_rows: pd.DataFrame) -> list[Group]:
     base = f[(f["kind"] == KIND_BASELINE) & f["measured"]]
     if len(base):
         out.append(Group("baseline", "baseline", base, _acc(base), "s", "#ef6c00", 60, labelled=True))
-    known = {KIND_SEARCH, KIND_BASELINE, KIND_PRUNED}
+    # the final stage's models are drawn in their own picture (reports.final), never beside proxy figures
+    known = {KIND_SEARCH, KIND_BASELINE, KIND_PRUNED, KIND_FINAL}
     other = f[~f["kind"].isin(known) & f["measured"]]
     if len(other):
         out.append(Group("other", "other models", other, _acc(other), "D", "#6a1b9a", 50, labelled=True))
-    return out
+    return [part for g in out for part in _split_unlike(g)]
+
+
+MARK = "†"
+
+
+def _split_unlike(g: Group) -> list[Group]:
+    """``g`` and, apart, its points trained differently from the search's trials: hollow, with
+    "†" after their names (the comparability rule: never silently beside the others)."""
+    if "differs" not in g.rows.columns:
+        return [g]
+    unlike = np.array([isinstance(d, str) and bool(d) for d in g.rows["differs"]], dtype=bool)
+    if not unlike.any():
+        return [g]
+    rows = g.rows[unlike].copy()
+    rows["label"] = [f"{label} {MARK}" for label in rows["label"]]
+    marked = Group(
+        f"{g.key}-unlike",
+        f"{g.name}, trained differently {MARK}",
+        rows,
+        g.y[unlike],
+        g.marker if g.marker != "x" else "o",
+        g.color,
+        g.size,
+        filled=False,
+        labelled=True,
+    )
+    if unlike.all():
+        return [marked]
+    kept = Group(
+        g.key, g.name, g.rows[~unlike], g.y[~unlike], g.marker, g.color, g.size, g.filled, g.labelled
+    )
+    return [kept, marked]
 
 
 def _acc(rows: pd.DataFrame) -> np.ndarray:
@@ -101,7 +134,7 @@ def _acc(rows: pd.DataFrame) -> np.ndarray:
 
 def _stopped_accuracy(attrs: dict) -> float:
     """The validation accuracy at which a trial was stopped, when the driver recorded it."""
-    v = attrs.get("pruned_val_accuracy")
+    v = attrs.get("stopped_val_accuracy", attrs.get("pruned_val_accuracy"))  # the latter: older studies
     if isinstance(v, (int, float)):
         return float(v)
     history = attrs.get("history") or []

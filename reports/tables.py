@@ -55,8 +55,10 @@ class Table:
         if col.fmt == "spread":
             mean, std, ci = v if isinstance(v, tuple) else (v, None, None)
             text = _fmt(mean, "pct")
-            if std is None or text == NA:
+            if text == NA:
                 return text
+            if std is None:  # one run: its interval (the bootstrap over its images), where stored
+                return f"{text} [{ci[0]:.1f}, {ci[1]:.1f}]" if ci is not None else text
             return f"{text} ± {std:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci is not None else "")
         return _fmt(v, col.fmt)
 
@@ -111,12 +113,8 @@ class Table:
                 ]
                 data[c.header] = [_raw(m, "pct") for m, _, _ in triples]
                 data[f"{c.header} std"] = [_raw(sd, "pct") for _, sd, _ in triples]
-                data[f"{c.header} 95% CI low"] = [
-                    round(ci[0], 6) if ci and sd is not None else NA for _, sd, ci in triples
-                ]
-                data[f"{c.header} 95% CI high"] = [
-                    round(ci[1], 6) if ci and sd is not None else NA for _, sd, ci in triples
-                ]
+                data[f"{c.header} 95% CI low"] = [round(ci[0], 6) if ci else NA for _, _, ci in triples]
+                data[f"{c.header} 95% CI high"] = [round(ci[1], 6) if ci else NA for _, _, ci in triples]
             else:
                 data[c.header] = [_raw(r.get(c.key), c.fmt) for r in self.rows]
         return pd.DataFrame(data)
@@ -174,8 +172,29 @@ def _model_columns() -> list[Column]:
     return [Column("label", "model"), Column("role", "role")]
 
 
-def table3(rows: pd.DataFrame, size: str) -> Table:
-    """Complexity, accuracy and NetScore (the paper's Table 3).
+MAJORITY_LABEL = "majority class (constant)"
+MARK = "†"  # a row or point trained differently from the study's search trials
+
+
+def _differs(r: pd.Series | Mapping[str, Any]) -> str:
+    v = r.get("differs") if hasattr(r, "get") else None
+    return v if isinstance(v, str) else ""
+
+
+def footnote(rows: pd.DataFrame) -> str:
+    """The footnote naming the rows trained differently from the search trials ("" when none)."""
+    if "differs" not in rows.columns:
+        return ""
+    marked = [(r["label"], r["differs"]) for _, r in rows.iterrows() if _differs(r)]
+    if not marked:
+        return ""
+    listed = "; ".join(f"{label}: {d}" for label, d in marked)
+    return f" {MARK} trained differently from the study's search trials, so not like with like: {listed}."
+
+
+def table3(rows: pd.DataFrame, size: str, majority: Mapping[str, float | None] | None = None) -> Table:
+    """Complexity, accuracy and NetScore (the paper's Table 3); with ``majority`` (rates by split),
+    a last row for the constant classifier that always says the largest class.
 
     MACs and FLOPs are in G, or in M when every model is under 0.1 G (small complexity sizes).
     """
@@ -191,6 +210,7 @@ def table3(rows: pd.DataFrame, size: str) -> Table:
         "its val accuracy is the mean ± standard deviation over the runs [95 % t interval].",
         [
             *_model_columns(),
+            Column("training", "training"),
             Column("number", "trial", "int"),
             Column("arch_id", "arch_id"),
             Column("params", "params (M)", "mega"),
@@ -207,6 +227,7 @@ def table3(rows: pd.DataFrame, size: str) -> Table:
         t.rows.append(
             {
                 **_base(r),
+                "training": r.get("training"),
                 "number": r["number"],
                 "arch_id": r["arch_id"],
                 "params": r["params"],
@@ -218,11 +239,26 @@ def table3(rows: pd.DataFrame, size: str) -> Table:
                 "netscore_test": r["netscore_test"],
             }
         )
+    t.note += footnote(rows)
+    if majority and any(v is not None for v in majority.values()):
+        t.rows.append(
+            {
+                "label": MAJORITY_LABEL,
+                "role": "chance level",
+                "val_accuracy": (majority.get("val"), None, None),
+                "test": (majority.get("test"), None),
+            }
+        )
+        t.note += (
+            f" {MAJORITY_LABEL}: the accuracy of always predicting the largest class, what a model "
+            "that learned nothing scores."
+        )
     return t
 
 
 def _base(r: pd.Series) -> dict[str, Any]:
-    return {"label": r["label"], "role": r["role"]}
+    label = f"{r['label']} {MARK}" if _differs(r) else r["label"]
+    return {"label": label, "role": r["role"]}
 
 
 def _uncertainty(r: pd.Series) -> Uncertain | None:
@@ -272,8 +308,8 @@ def per_class_table(rows: pd.DataFrame, split: str, which: tuple[str, str], numb
     t = Table(
         f"table{number}",
         f"Table {number}: per-class {title} on the {split} split",
-        "Percent, one class against the rest; n/a where undefined (a class with no images, or never "
-        "predicted)."
+        "Percent, one class against the rest; n/a where undefined (a class with no images, in all four "
+        "metrics, or a class never predicted)."
         + (" COVID-19 sensitivity with its 95 % bootstrap interval." if "sensitivity" in which else ""),
         cols,
     )
@@ -282,12 +318,15 @@ def per_class_table(rows: pd.DataFrame, split: str, which: tuple[str, str], numb
         row = _base(r)
         for metric in which:
             for cls in CLASS_NAMES:
-                value = getattr(view.cls(cls), metric) if view else None
+                c = view.cls(cls) if view else None
+                # a class with no images: every one-vs-rest metric is undefined, as in Table 4
+                value = getattr(c, metric) if c is not None and c.support != 0 else None
                 if metric == "sensitivity" and cls == COVID:
                     row[f"{metric}:{cls}"] = (value, view.covid_sensitivity_ci if view else None)
                 else:
                     row[f"{metric}:{cls}"] = value
         t.rows.append(row)
+    t.note += footnote(rows)
     return t
 
 
@@ -315,8 +354,14 @@ def tradeoff_table(baselines: pd.DataFrame, candidates: pd.DataFrame) -> Table:
             Column("count", "of all", "int"),
         ],
     )
+    unlike = candidates[[bool(_differs(c)) for _, c in candidates.iterrows()]]
+    candidates = candidates[[not _differs(c) for _, c in candidates.iterrows()]]
     pts = [(float(c["val_accuracy"]), float(c["params"]), float(c["macs"])) for _, c in candidates.iterrows()]
     for _, b in baselines.sort_values("macs").iterrows():
+        if _differs(b):  # like with like only: a baseline trained otherwise is not compared
+            t.rows.append({"baseline": f"{b['label']} {MARK}", "baseline_acc": _interval(b),
+                           "candidate": f"not compared: trained differently {MARK}"})  # fmt: skip
+            continue
         bp = (float(b["val_accuracy"]), float(b["params"]), float(b["macs"]))
         doms = [i for i, p in enumerate(pts) if dominates(p, bp)]
         head = {"baseline": b["label"], "baseline_acc": _interval(b), "count": len(doms)}
@@ -338,6 +383,11 @@ def tradeoff_table(baselines: pd.DataFrame, candidates: pd.DataFrame) -> Table:
                     "params_x": bp[1] / pts[i][1],
                 }
             )
+    t.note += footnote(pd.concat([baselines, unlike]))
+    if len(unlike):
+        t.note += f" Candidates marked {MARK} are left out of the comparison."
+    if not len(baselines):
+        t.note += " No baselines were trained: run `search baselines` to compare against them."
     weak = sum(1 for r in t.rows if str(r.get("significant", "")).startswith("no"))
     if weak:
         t.note += (

@@ -8,6 +8,7 @@ print one line and exit 2; bugs show their traceback (see ``main``).
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
 import sys
@@ -37,10 +38,39 @@ COMMAND_MODULES = (
 
 
 class _Parser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose errors are one line (no usage block) and exit code 2."""
+    """An ``ArgumentParser`` whose errors are one line (no usage block) and exit code 2.
+
+    Flags are never abbreviated (``--epoch`` is not taken for ``--epochs``: a prefix that works today
+    would silently change meaning when a flag is added). Each parser notes itself in the parsed
+    namespace (``_parser``, the innermost subcommand's wins), so that an unknown flag is answered
+    by the subcommand it was given to, with the closest flag it knows.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def,override]
+        ns, extra = super().parse_known_args(args, namespace)
+        if not hasattr(ns, "_parser"):
+            ns._parser = self
+        return ns, extra
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"search: error: {message} (see {self.prog} --help)\n")
+
+    def unknown(self, extra: Sequence[str]) -> NoReturn:
+        """Refuse unrecognized arguments, suggesting the closest flag of this (sub)command."""
+        known = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+        hints = []
+        for word in extra:
+            if word.startswith("--"):
+                flag = word.split("=", 1)[0]
+                close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+                if close:
+                    hints.append(f"did you mean {close[0]}?")
+        text = f"unrecognized arguments: {' '.join(extra)}"
+        self.error(text + (f"; {' '.join(hints)}" if hints else ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="search",
         description="Efficiency-aware architecture search on chest CT (COVID-Net CT family).",
     )
+    from search import __version__
+
+    parser.add_argument("--version", action="version", version=f"search (covidnet-nas) {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -66,7 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     Anything else is a bug in the toolkit: its traceback, a line saying so, exit 1.
     """
     parser = build_parser()
-    args = parser.parse_args(_global_flags_first(list(sys.argv[1:] if argv is None else argv)))
+    args, extra = parser.parse_known_args(_global_flags_first(list(sys.argv[1:] if argv is None else argv)))
+    leaf = vars(args).pop("_parser", parser)
+    if extra:
+        (leaf if isinstance(leaf, _Parser) else parser).unknown(extra)
     debug = bool(getattr(args, "debug", False))
     logging.basicConfig(format="search: %(levelname)s: %(message)s", level=logging.WARNING)
     try:

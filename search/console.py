@@ -63,3 +63,21 @@ def _looks_numeric(v: Any) -> bool:
     except ValueError:
         return False
     return True
+
+
+def invocation() -> str:
+    """How the user started ``search``, so that printed follow-up commands run as shown: ``search``
+    when that is the script on PATH, the script's full path when it is not (an environment that is
+    not activated), ``<python> -m search`` under ``python -m search``."""
+    import os
+    import shlex
+    import shutil
+    import sys
+
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "search"
+    if argv0.endswith(("__main__.py", "-m")) or argv0 == "-c":
+        return f"{shlex.quote(sys.executable)} -m search"
+    on_path = shutil.which("search")
+    if on_path and os.path.realpath(on_path) == os.path.realpath(shutil.which(argv0) or argv0):
+        return "search"
+    return shlex.quote(os.path.abspath(argv0)) if os.sep in argv0 else "search"

@@ -233,7 +233,7 @@ def training_setup(args: argparse.Namespace, what: str) -> TrainingSetup:
     config, differs = study_training_config(args, storage)
     if differs:
         err_console().print(
-            f"warning: {', '.join(differs)} differ from study {config.study!r}'s search trials; "
+            f"warning: {', '.join(differs)} differ from the search trials of study {config.study!r}; "
             f"{what} not on the search's scale"
         )
     return TrainingSetup(storage, config, TrainingEvaluator(config), artifact_store(config.artifacts_dir))

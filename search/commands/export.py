@@ -35,6 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--trial", type=int, metavar="N", help="export trial number N")
     which.add_argument("--pick", choices=PICKS, help="choose among the completed, feasible trials")
     which.add_argument("--baseline", metavar="NAME", help="export a trained baseline of the study")
+    which.add_argument(
+        "--pruned",
+        type=int,
+        metavar="N",
+        help="export channel-pruned model N (trial N of <study>:pruned, made by search prune)",
+    )
     p.add_argument("--out", default="runs/export", metavar="DIR", help=HELP["out"])
     p.add_argument("--format", default="onnx,pt,json", metavar="LIST", help=HELP["format"])
     p.add_argument("--overwrite", action="store_true", help="replace existing export folders")
@@ -57,6 +63,16 @@ def _open(args: argparse.Namespace) -> tuple[Any, Any]:
     from search.driver.storage import load_existing_study
 
     return load_existing_study(args.storage, args.run, args.study, dir_flag="--run")
+
+
+def _open_pruned(args: argparse.Namespace) -> tuple[Any, Any]:
+    """``<study>:pruned``, where ``search prune`` stores its channel-pruned models."""
+    from search.driver.storage import load_existing_study
+
+    try:
+        return load_existing_study(args.storage, args.run, f"{args.study}:pruned", dir_flag="--run")
+    except UsageError as e:
+        raise UsageError(f"{e} (channel-pruned models are made by search prune)") from None
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -95,11 +111,13 @@ def _run_export(args: argparse.Namespace) -> int:
         threads=args.threads,
         overwrite=args.overwrite,
     )
-    storage, study = _open(args)
+    storage, study = _open_pruned(args) if args.pruned is not None else _open(args)
     source_study = study
     if args.baseline:
         source_study, trial = find_baseline(storage, args.study, args.baseline)
         chosen = [trial]
+    elif args.pruned is not None:
+        chosen = [find_trial(study, args.pruned)]
     elif args.trial is not None:
         chosen = [find_trial(study, args.trial)]
     else:
@@ -112,7 +130,8 @@ def _run_export(args: argparse.Namespace) -> int:
     if not args.overwrite:
         taken = [str(d) for _, d in targets if d.exists()]
         if taken:
-            raise UsageError(f"{', '.join(taken)} already exist(s); pass --overwrite or choose another --out")
+            verb = "exists" if len(taken) == 1 else "exist"
+            raise UsageError(f"{', '.join(taken)} already {verb}; pass --overwrite or choose another --out")
 
     data_dirs = args.data or (study.user_attrs.get("run_config") or {}).get("data") or None
     con = console()

@@ -199,7 +199,9 @@ def run_final_command(args: argparse.Namespace) -> int:
         warn(f"{len(failed)} models failed; rerun the same command to retry them")
         return 1
     place_flag = f"--storage {where.storage}" if where.storage else f"--out {where.out}"
-    console().print(f"report: search report {place_flag} --study {where.study}")
+    from search.console import invocation
+
+    console().print(f"report: {invocation()} report {place_flag} --study {where.study}")
     return 0
 
 

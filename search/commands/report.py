@@ -28,9 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--explain",
         type=int,
-        default=4,
+        default=0,
         metavar="K",
-        help="explainability audit of the best-NetScore candidate and CT L on K test images each (0: none)",
+        help="opt-in explainability audit of the best-NetScore candidate and CT L on K test images each "
+        "(the [explain] extra; default 0: none)",
     )
     p.add_argument(
         "--explain-method",
@@ -86,7 +87,7 @@ def run_report(args: argparse.Namespace) -> int:
     s = report.summary
     counts = ", ".join(
         f"{s[f'trials {k}']} {k}"
-        for k in ("complete", "pruned", "infeasible", "failed", "running")
+        for k in ("complete", "stopped early", "infeasible", "failed", "running")
         if s.get(f"trials {k}")
     )
     compute = s["compute time (sum over trials)"]
@@ -95,6 +96,12 @@ def run_report(args: argparse.Namespace) -> int:
         f"Pareto members {s['Pareto members']} (trials {', '.join(map(str, report.pareto_numbers))}); "
         f"best NetScore {s['best NetScore']}; hypervolume {s['hypervolume']:.4f}"
     )
+    if report.final is not None:
+        con.print(
+            f"final stage: {s['final stage']}; final Pareto: {s['final Pareto members']}; "
+            f"proxy fidelity (Kendall tau) {s['proxy fidelity (Kendall tau, proxy vs final)']}",
+            soft_wrap=True,
+        )
     if not quiet:
         _print_table3(report.tables[0])
     con.print(f"report: {report.index.resolve()}")

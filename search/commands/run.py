@@ -80,13 +80,15 @@ class _Display:
 
 def trial_line(report: Any) -> str:
     a = report.attrs
-    head = f"#{report.number:<3} {a.get('arch_id', '?'):<10} {report.status or report.state.lower():<10}"
+    shown = (report.status or report.state.lower()).replace("_", " ")
+    head = f"#{report.number:<3} {a.get('arch_id', '?'):<10} {shown:<13}"
     size = f"params {a.get('params', 0) / 1e6:5.3f} M  MACs {a.get('macs', 0) / 1e9:6.3f} G"
     if report.status == "complete":
         score = f"val {a['val_accuracy']:5.1f} %  {size}  NetScore {a['netscore']:5.1f}"
         return f"{head} {score}  ({report.seconds:.0f} s)"
-    if report.status == "pruned":
-        return f"{head} {size}  {a.get('prune_reason', '')}  ({report.seconds:.0f} s)"
+    if report.status in ("stopped_early", "pruned"):
+        reason = a.get("stop_reason") or a.get("prune_reason", "")
+        return f"{head} {size}  {reason}  ({report.seconds:.0f} s)"
     if report.status == "reused":
         return f"{head} the architecture of trial {a.get('reused_from')}: its stored result reused"
     if report.status == "infeasible":
@@ -96,7 +98,9 @@ def trial_line(report: Any) -> str:
 
 def _resume_command() -> str:
     """The command line that resumes this run (the same arguments resume the same study)."""
-    return "search " + shlex.join(sys.argv[1:])
+    from search.console import invocation
+
+    return f"{invocation()} " + shlex.join(sys.argv[1:])
 
 
 class Terminated(KeyboardInterrupt):
@@ -138,28 +142,41 @@ def run_search(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {config.out}: is a file, not a folder")
     if workers > 1:
         return _run_workers(args, config, workers)
+    fresh = not config.out_dir.exists()
     try:
         config.out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"--out {config.out}: cannot create the folder ({e.strerror or e})") from None
     _set_threads()
     display = _Display(config.trials, config.train.epochs, bool(args.quiet))
-    evaluator = TrainingEvaluator(config, on_epoch_progress=display.epoch)
-    skipped = evaluator.dataset.skipped
-    for message in skipped:  # --skip-bad: said here and stored with the study's data attrs
-        err_console().print(f"search run: skipped {message}", markup=False, soft_wrap=True)
-    if skipped:
-        err_console().print(f"search run: skipped {len(skipped)} bad lines in all", markup=False)
-    store = artifact_store(config.artifacts_dir, create_parents=config.artifacts is None)
-    probe_store(store, config.artifacts_dir)  # an unreachable store fails now, not after training
-    # The driver refuses a study of other settings or data before anything is written here.
-    driver = SearchDriver(config, evaluator, upload=lambda trial, path: upload_weights(store, trial, path))
-    write_yaml(config, config.out_dir / "config.yaml")
+    try:
+        evaluator = TrainingEvaluator(config, on_epoch_progress=display.epoch)
+        skipped = evaluator.dataset.skipped
+        for message in skipped:  # --skip-bad: said here and stored with the study's data attrs
+            err_console().print(f"search run: skipped {message}", markup=False, soft_wrap=True)
+        if skipped:
+            err_console().print(f"search run: skipped {len(skipped)} bad lines in all", markup=False)
+        store = artifact_store(config.artifacts_dir, create_parents=config.artifacts is None)
+        probe_store(store, config.artifacts_dir)  # an unreachable store fails now, not after training
+        # The driver refuses a study of other settings or data before anything is written here.
+        driver = SearchDriver(
+            config, evaluator, upload=lambda trial, path: upload_weights(store, trial, path)
+        )
+    except Exception:
+        if fresh and config.out_dir.is_dir() and not any(config.out_dir.iterdir()):
+            config.out_dir.rmdir()  # a run refused at start leaves nothing behind
+        raise
+    write_yaml(config, config.out_dir / "config.yaml")  # only once the run has started
+    if "environment" not in driver.study.user_attrs:
+        from evaluators.device import environment
+
+        driver.study.set_user_attr("environment", environment(config.train.device))
     con = console()
     verb = "created" if driver.created else "resumed"
     con.print(
         f"study {config.study!r} {verb} in {redact(config.storage_url)}; "
-        f"{len(driver.study.trials)} trials so far, budget {config.trials}",
+        f"{len(driver.study.trials)} trial{'' if len(driver.study.trials) == 1 else 's'} so far, "
+        f"budget {config.trials}",
         soft_wrap=True,
     )
     t = config.train
@@ -185,9 +202,11 @@ def run_search(args: argparse.Namespace) -> int:
             display.progress.stop()
             counts = driver.counts()
             how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+            kept = counts["complete"] + counts["pruned"]
             err_console().print(
                 f"{how}: the running trial is marked failed and queued again; "
-                f"{counts['complete']} completed trials are kept.\n"
+                f"{kept} finished trial{'s are' if kept != 1 else ' is'} kept "
+                f"({counts['complete']} complete, {counts['pruned']} stopped early).\n"
                 f"resume with: {_resume_command()}",
                 soft_wrap=True,
                 markup=False,
@@ -293,16 +312,18 @@ def _summary(driver: Any, config: RunConfig, seconds: float) -> None:
     con = console()
     con.print(
         f"done in {seconds:.0f} s: {counts['complete'] - counts['infeasible']} trained, "
-        f"{counts['pruned']} pruned, "
+        f"{counts['pruned']} stopped early, "
         f"{counts['infeasible']} over budget, {counts['fail']} failed"
     )
     if os.environ.get(WORKER_ENV) is not None:
         return  # one of --workers N: the launcher prints the study's summary once
     _print_pareto(pareto_trials(driver.study.get_trials(deepcopy=False)), _majority(driver.evaluator))
+    from search.console import invocation
+
     where = ["--storage", config.storage_url] if config.storage else ["--out", config.out]
     con.print(f"results: {config.out_dir.resolve()} (study {config.study!r})", soft_wrap=True)
     # one line, shell-quoted: pasted back, it runs as printed
-    report = shlex.join(["search", "report", *where, "--study", config.study])
+    report = f"{invocation()} " + shlex.join(["report", *where, "--study", config.study])
     con.print(f"report:  {report}", soft_wrap=True, markup=False, highlight=False)
 
 
@@ -350,7 +371,8 @@ def run_status(args: argparse.Namespace) -> int:
     trials = study.get_trials(deepcopy=False)
     counts: dict[str, int] = {}
     for t in trials:
-        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+        name = "stopped_early" if t.state.name == "PRUNED" else t.state.name.lower()
+        counts[name] = counts.get(name, 0) + 1
     counts["infeasible"] = sum(1 for t in trials if t.user_attrs.get("status") == "infeasible")
     front = pareto_trials(trials)
     if args.json:
@@ -375,6 +397,7 @@ def run_status(args: argparse.Namespace) -> int:
             )
         )
         return 0
-    console().print(f"study {config.study!r}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    shown = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(counts.items()))
+    console().print(f"study {config.study!r}: {shown}")
     _print_pareto(front)
     return 0

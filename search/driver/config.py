@@ -117,7 +117,9 @@ class RunConfig:
             check_int(name, getattr(self, name), low)
         check_int("complexity_size", self.complexity_size, 32)
         if self.complexity_size % 32:
-            raise ConfigError(f"complexity_size must be a multiple of 32, got {self.complexity_size}")
+            raise ConfigError(
+                f"complexity_size must be a multiple of 32 of at least 32, got {self.complexity_size}"
+            )
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.sampler is not None and self.sampler not in SAMPLERS:

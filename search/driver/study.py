@@ -634,17 +634,22 @@ class SearchDriver:
         by_runs = config.cv.runs > 1
         runs_so_far: list[float] = []
 
+        seen: list[dict[str, float]] = []  # what a trial stopped early keeps as its history
+
         def on_epoch(epoch: int, val_accuracy: float) -> None:
+            seen.append({"epoch": epoch, "val_accuracy": val_accuracy})
             runs_so_far.append(val_accuracy)
             accuracy = sum(runs_so_far) / len(runs_so_far) if by_runs else val_accuracy
             if config.objective == "netscore":
                 trial.report(netscore(max(accuracy, 1e-3), prof.params, prof.macs), epoch)
                 if trial.should_prune():
-                    trial.set_user_attr("pruned_at_epoch", epoch)
+                    trial.set_user_attr("stopped_at_epoch", epoch)
+                    trial.set_user_attr("history", seen)
                     raise optuna.TrialPruned(f"median rule at epoch {epoch}")
             elif pareto_prune(epoch, accuracy, prof.params, prof.macs, done, config, last_step):
-                trial.set_user_attr("pruned_at_epoch", epoch)
-                trial.set_user_attr("pruned_val_accuracy", accuracy)
+                trial.set_user_attr("stopped_at_epoch", epoch)
+                trial.set_user_attr("stopped_val_accuracy", accuracy)
+                trial.set_user_attr("history", seen)
                 what = f"mean of its {len(runs_so_far)} runs" if by_runs else f"epoch {epoch}"
                 raise optuna.TrialPruned(f"dominated by a finished candidate at {what}")
 
@@ -708,8 +713,9 @@ class SearchDriver:
             try:
                 values = self._objective(trial)
             except optuna.TrialPruned as e:
-                trial.set_user_attr("status", "pruned")
-                trial.set_user_attr("prune_reason", str(e))
+                # Optuna's TrialPruned is an early stop: said "stopped early" (pruning is channel pruning)
+                trial.set_user_attr("status", "stopped_early")
+                trial.set_user_attr("stop_reason", str(e))
                 trial.set_user_attr("wall_time_s", time.time() - start)
                 self.study.tell(trial, state=TrialState.PRUNED)
                 state = "PRUNED"

@@ -24,7 +24,16 @@ CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-st
 PROBE = """JSON.stringify({
   title: document.title,
   images: Array.from(document.images).map(i => ({
-    src: i.getAttribute('src'), ok: i.complete && i.naturalWidth > 0, width: i.naturalWidth})),
+    src: i.getAttribute('src') || (i.getAttribute('srcset') || '').split(' ')[0],
+    ok: i.complete && i.naturalWidth > 0, width: i.naturalWidth,
+    shown: i.getBoundingClientRect().width})),
+  viewport: window.innerWidth,
+  setup: document.querySelectorAll('#setup table tr').length,
+  labels: Array.from(document.querySelectorAll('.iplot svg')).map(svg =>
+    Array.from(svg.querySelectorAll('text.label')).map(t => {
+      const b = t.getBoundingClientRect();
+      return {text: t.textContent, x: b.left, y: b.top, w: b.width, h: b.height};
+    })),
   tables: document.querySelectorAll('table.data').length,
   points: document.querySelectorAll('.iplot .pt').length,
   tips: Array.from(document.querySelectorAll('.iplot .pt')).filter(p => p.getAttribute('data-tip')).length,
@@ -156,8 +165,11 @@ class _Pipe:
             os.close(self._r)
 
 
-def check_page(path: Path, browser: str, settle: float = 1.0, timeout: float = 60.0) -> PageCheck:
-    """Load ``path`` (a local file) and return its console errors, failed loads and probe."""
+def check_page(
+    path: Path, browser: str, settle: float = 1.0, timeout: float = 60.0, width: int = 1280
+) -> PageCheck:
+    """Load ``path`` (a local file) in a window ``width`` CSS pixels wide (device scale 1) and return
+    its console errors, failed loads and probe."""
     out = PageCheck()
     with tempfile.TemporaryDirectory(prefix="report-browser-") as profile:
         pipe = _Pipe(browser, profile)
@@ -166,6 +178,8 @@ def check_page(path: Path, browser: str, settle: float = 1.0, timeout: float = 6
             session = pipe.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
             for domain in ("Page", "Runtime", "Log"):
                 pipe.call(f"{domain}.enable", session=session)
+            metrics = {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False}
+            pipe.call("Emulation.setDeviceMetricsOverride", metrics, session=session)
             pipe.call("Page.navigate", {"url": path.resolve().as_uri()}, session=session)
             out.loaded = pipe.wait_event("Page.loadEventFired", timeout)
             time.sleep(settle)  # late console messages
@@ -188,4 +202,16 @@ def check_page(path: Path, browser: str, settle: float = 1.0, timeout: float = 6
         elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
             entry = params["entry"]
             out.errors.append(f"log: {entry.get('text')} {entry.get('url', '')}".strip())
+    return out
+
+
+def overlaps(boxes: list[dict[str, Any]], slack: float = 0.5) -> list[tuple[str, str]]:
+    """Pairs of drawn label boxes (``x``, ``y``, ``w``, ``h``) that intersect."""
+    out = []
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            apart_x = a["x"] + a["w"] <= b["x"] + slack or b["x"] + b["w"] <= a["x"] + slack
+            apart_y = a["y"] + a["h"] <= b["y"] + slack or b["y"] + b["h"] <= a["y"] + slack
+            if not (apart_x or apart_y):
+                out.append((a["text"], b["text"]))
     return out

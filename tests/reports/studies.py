@@ -108,6 +108,15 @@ BASELINES = [
 ]
 
 
+# what ``search run`` stores about the data (the test set's 60 images are half of each class)
+DATA = {
+    "data_hash": "abc123",
+    "data_sources": ["mini"],
+    "data_sizes": {"train": 100, "val": 60, "test": 60},
+    "majority_rate": {"train": 52.0, "val": 55.0, "test": 50.0},
+}
+
+
 def _add(study: optuna.Study, trial: Any, start: dt.datetime, seconds: float) -> None:
     trial.datetime_start = start
     if trial.state != TrialState.RUNNING:
@@ -116,7 +125,7 @@ def _add(study: optuna.Study, trial: Any, start: dt.datetime, seconds: float) ->
 
 
 # a model pruned from the CT L prototype (`search prune`), in the study's ":pruned" companion
-PRUNED = ("CT L (pruned)", "pruned:trial 0", 79.0, 500_000, 11_000_000, (24, 23))
+PRUNED = ("CT L (pruned, from trial 0)", "pruned:trial 0", 79.0, 500_000, 11_000_000, (24, 23))
 
 
 def fill_study(
@@ -127,15 +136,20 @@ def fill_study(
     baselines: bool = True,
     pruned: bool = True,
     search_attrs: dict[int, dict] | None = None,
+    baseline_epochs: int = 1,
+    old_attrs: bool = True,
 ) -> optuna.Study:
-    """A search study as `search run` leaves it (plus one running trial), its baselines and a pruned
-    model; ``search_attrs`` adds user attrs to search trials by number."""
+    """A search study as `search run` leaves it (plus one running trial), its baselines (trained for
+    ``baseline_epochs``; the search's trials for 1) and a pruned model. ``search_attrs`` adds user
+    attrs to search trials by number. ``old_attrs``: the trial stopped early stores what versions
+    before the rename stored (status "pruned")."""
     study = optuna.create_study(
         storage=url, study_name=study_name, directions=["maximize", "minimize", "minimize"]
     )
     study.set_user_attr("objective", "pareto")
     study.set_user_attr("kind", "search")
     study.set_user_attr("run_config", {"epochs": 1, "image_size": 32, "complexity_size": 64})
+    study.set_user_attr("data", DATA)
     clock = T0
     for i, (acc, p, m, ok) in enumerate(SEARCH):
         attrs = {"kind": "search", "arch_id": f"a{i:09d}", "spec": {"name": f"cand{i}", "stages": [1, 2]}}
@@ -168,6 +182,10 @@ def fill_study(
         {"complexity_size": 64, "status": "pruned", "pruned_val_accuracy": 55.0, "wall_time_s": 20.0}
     )
     stopped["prune_reason"] = "dominated by a finished candidate at epoch 1"
+    if not old_attrs:
+        stopped["status"] = "stopped_early"
+        stopped["stopped_val_accuracy"] = stopped.pop("pruned_val_accuracy")
+        stopped["stop_reason"] = stopped.pop("prune_reason")
     _add(study, create_trial(state=TrialState.PRUNED, user_attrs=stopped), clock, 20.0)
     clock += dt.timedelta(seconds=21)
     failed = {
@@ -189,6 +207,7 @@ def fill_study(
         for name, display, acc, p, m, ok in BASELINES:
             attrs = {"kind": "baseline", "baseline": name, "display_name": display, "arch_id": name}
             attrs.update(_trained_attrs(acc, p, m, ok, 90.0))
+            attrs["train_config"] = {"epochs": baseline_epochs, "image_size": 32}
             _add(bstudy, create_trial(values=[acc, float(p), float(m)], user_attrs=attrs), clock, 90.0)
     if pruned:
         pstudy = optuna.create_study(
@@ -200,3 +219,65 @@ def fill_study(
         attrs.update(_trained_attrs(acc, p, m, ok, 120.0))
         _add(pstudy, create_trial(values=[acc, float(p), float(m)], user_attrs=attrs), clock, 120.0)
     return study
+
+
+# (role, display name, source trial, proxy accuracy, final runs, params, MACs) of a ``<study>:final``
+FINAL = [
+    ("candidate", "trial 1", 1, 82.0, (85.0, 84.0, 86.0), 900_000, 20_000_000),
+    ("candidate", "trial 4", 4, 84.0, (88.0, 87.0, 89.0), 2_000_000, 40_000_000),
+    ("candidate", "trial 5", 5, 78.0, (80.0, 79.0, 81.0), 600_000, 15_000_000),
+    ("prototype", "CT L", 0, 80.0, (86.0, 85.5, 86.5), 1_408_803, 32_250_000),
+    ("reference", "CT S", None, None, (82.0, 81.0, 83.0), 447_099, 9_500_000),
+    ("baseline", "MobileNetV2", None, 78.0, (84.0, 83.0, 85.0), 2_228_000, 25_500_000),
+]
+# proxy order 78, 80, 82, 84 -> final 80, 86, 85, 88: 5 of 6 pairs concordant, Kendall tau-b 2/3
+FINAL_TAU = 2 / 3
+
+
+def fill_final(url: str, study_name: str = "t", epochs: int = 3) -> optuna.Study:
+    """``<study>:final`` as ``search final`` leaves it (every model trained 3 times)."""
+    from evaluators.uncertainty import Uncertain
+
+    study = optuna.create_study(
+        storage=url, study_name=f"{study_name}:final", directions=["maximize", "minimize", "minimize"]
+    )
+    study.set_user_attr("kind", "final")
+    study.set_user_attr("search_study", study_name)
+    study.set_user_attr("data", DATA)
+    study.set_user_attr(
+        "final_config", {"protocol": "final", "epochs": epochs, "image_size": 64, "repeats": 3, "cv_folds": 1}
+    )
+    for role, name, source, proxy, runs, p, m in FINAL:
+        u = Uncertain.of(runs)
+        acc = u.mean
+        attrs = _trained_attrs(acc, p, m, (25, 25), 200.0)
+        attrs.update(
+            {
+                "kind": "final",
+                "role": role,
+                "display_name": name,
+                "source_trial": source,
+                "proxy_val_accuracy": proxy,
+                "arch_id": f"f-{name.replace(' ', '')}",
+                "final_split": "test",
+                "final_accuracy": acc,
+                "final_accuracy_uncertainty": u.to_dict(),
+                "final_netscore": netscore(acc, p, m),
+                "train_config": {"epochs": epochs, "image_size": 64},
+            }
+        )
+        trial = create_trial(values=[acc, float(p), float(m)], user_attrs=attrs)
+        _add(study, trial, T0 + dt.timedelta(hours=1), 200.0)
+    return study
+
+
+# two baselines drawn almost on CT L (their labels would lie over each other's)
+CROWDED = [("ResNet-18", 80.4, 1_420_000, 32_600_000), ("CT S", 79.7, 1_400_000, 31_900_000)]
+
+
+def add_crowded_baselines(url: str, study_name: str = "t") -> None:
+    base = optuna.load_study(study_name=f"{study_name}:baselines", storage=url)
+    for name, acc, params, macs in CROWDED:
+        attrs = {"kind": "baseline", "baseline": name, "display_name": name, "arch_id": name}
+        attrs.update(_trained_attrs(acc, params, macs, (24, 24), 90.0))
+        base.add_trial(create_trial(values=[acc, float(params), float(macs)], user_attrs=attrs))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from evaluators.explain import ImageAttribution, summarize
 from reports.build import build_report
@@ -68,6 +69,35 @@ def test_report_shows_the_audit_beside_the_accuracy(filled: str, tmp_path: Path)
     assert table["mostly outside"].tolist() == ["1 of 2"]
     assert table["test acc %"].notna().all()
     page = (out / "index.html").read_text()
-    assert "Attribution inside the body box" in page and 'src="explain_best.png"' in page
+    assert "Attribution inside the body box" in page and 'srcset="explain_best.png 1.1x"' in page
     assert "![" in (out / "report.md").read_text()
     assert out / "explain_best.png" in report.files
+
+
+def test_boxes_that_are_whole_images_make_the_share_inside_na() -> None:
+    from dataclasses import replace
+
+    from reports.explain_grid import explain_table
+
+    whole = [
+        replace(_result("a.png", 1.0), box_fraction=1.0),
+        replace(_result("b.png", 1.0), box_fraction=1.0),
+    ]
+    entry = ExplainEntry("m", "best NetScore", 1, "a", 90.0, 91.0, summarize(whole, 64, "2"), "g.png")
+    table = explain_table([entry])
+    assert table.rows[0]["share_inside"] is None  # not "100 % inside"
+    assert "n/a" in table.to_markdown() and "audit cannot tell" in table.note
+
+
+def test_attribution_pictures_have_a_colour_bar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import reports.explain_grid as grid
+
+    plt = grid.pyplot()
+    figures: list = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig: (figures.append(fig), close(fig)))
+    save_grid([_result("a.png", 0.2), _result("b.png", 0.9)], tmp_path / "g.png", "t")
+    save_overlay(_result("a.png", 0.2), tmp_path / "one.png")
+    assert len(figures) == 2
+    for fig in figures:
+        assert grid.COLORBAR_LABEL in [ax.get_ylabel() for ax in fig.axes]  # the colour bar's axis

@@ -62,7 +62,7 @@ def test_collect_reads_every_trial_of_the_study_and_its_baselines(filled: str) -
     assert list(c.of_kind("pruned")["label"]) == [PRUNED[0]]
     counts = c.counts()
     assert counts["complete"] == len(SEARCH) and counts["running"] == 1
-    assert counts["infeasible"] == counts["pruned"] == counts["failed"] == 1
+    assert counts["infeasible"] == counts["stopped_early"] == counts["failed"] == 1
     assert sorted(c.of_kind("baseline")["label"]) == sorted(b[1] for b in BASELINES)
     assert len(c.candidates) == len(SEARCH)
     running = c.frame[c.frame["status"] == "running"].iloc[0]
@@ -102,6 +102,9 @@ def test_table3_numbers_are_the_stored_ones(built: tuple[Path, str, Any]) -> Non
     assert "MACs (M)" in t3.columns and "FLOPs (M)" in t3.columns
     assert set(t3["model"]) >= {b[1] for b in BASELINES} | {"CT L (prototype, #0)", PRUNED[0]}
     assert t3.set_index("model").loc[PRUNED[0], "role"] == "pruned"
+    chance = t3.set_index("model").loc["majority class (constant)"]
+    assert chance["val accuracy (%)"] == 55.0 and chance["test accuracy (%)"] == 50.0  # stored data attrs
+    t3 = t3[t3["model"] != "majority class (constant)"]
     for _, row in t3.iterrows():
         a = stored[row["model"]]
         assert row["params (M)"] == pytest.approx(a["params"] / 1e6, abs=1e-6)
@@ -116,7 +119,7 @@ def test_table3_numbers_are_the_stored_ones(built: tuple[Path, str, Any]) -> Non
     best = max((a["netscore"], label) for label, a in stored.items() if a.get("status") == "complete")[1]
     assert "best NetScore" in t3.set_index("model").loc[best, "role"]
     md = (out / "table3.md").read_text()
-    assert md.count("\n| ") == len(t3) + 2  # header, rule, one line a row
+    assert md.count("\n| ") == len(t3) + 3  # header, rule, one line a row, the chance row
 
 
 def test_tables_4_and_5_are_the_stored_per_class_metrics_with_na(built: tuple[Path, str, Any]) -> None:
@@ -131,7 +134,8 @@ def test_tables_4_and_5_are_the_stored_per_class_metrics_with_na(built: tuple[Pa
             for metric in metrics:
                 for cls in CLASSES:
                     header = f"{'PPV' if metric == 'ppv' else 'NPV' if metric == 'npv' else metric} {cls} (%)"
-                    want = per_class[cls][metric]
+                    # a class with no images has no one-vs-rest metric at all (specificity and NPV too)
+                    want = per_class[cls][metric] if per_class[cls]["support"] else None
                     got = row[header]
                     if want is None:
                         assert math.isnan(got), (row["model"], header)
@@ -142,6 +146,8 @@ def test_tables_4_and_5_are_the_stored_per_class_metrics_with_na(built: tuple[Pa
     )
     # no pneumonia images: undefined, written "n/a" (never 0, never a crash)
     assert set(raw4["sensitivity Pneumonia (%)"]) == {"n/a"}
+    raw5 = pd.read_csv(out / "table5.csv", keep_default_na=False)
+    assert set(raw5["specificity Pneumonia (%)"]) == set(raw5["NPV Pneumonia (%)"]) == {"n/a"}  # not 100.0
     assert "n/a" in (out / "table4.md").read_text()
     assert '<td class="num na">n/a</td>' in (out / "table4.html").read_text()
 
@@ -223,6 +229,9 @@ class _Refs(HTMLParser):
         for key in ("src", "href"):
             if d.get(key):
                 self.refs.append(str(d[key]))
+        for candidate in (d.get("srcset") or "").split(","):  # "file.png 1.5x, ..."
+            if candidate.strip():
+                self.refs.append(candidate.split()[0])
         if tag in ("script", "link") and (d.get("src") or d.get("rel") == "stylesheet"):
             self.scripts_with_src.append(str(d.get("src") or d.get("href")))
 

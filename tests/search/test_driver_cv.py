@@ -70,8 +70,9 @@ def test_a_candidate_whose_first_fold_is_far_below_the_front_stops_after_it(tmp_
     driver.run()
     first, far, near = driver.study.trials
     assert ev.reported == [[1, 2, 3], [1], [1, 2, 3]]  # the far one ran one fold of three
-    assert far.state.name == "PRUNED" and far.user_attrs["pruned_at_epoch"] == 1
-    assert far.user_attrs["pruned_val_accuracy"] == 60.0
+    assert far.state.name == "PRUNED" and far.user_attrs["stopped_at_epoch"] == 1
+    assert far.user_attrs["stopped_val_accuracy"] == 60.0
+    assert far.user_attrs["history"] == [{"epoch": 1, "val_accuracy": 60.0}]  # kept, stopped early too
     assert near.state.name == "COMPLETE"  # within the margin: all folds run
     # what a finished candidate stores: the mean, every fold, the interval, NetScore at its ends
     a = first.user_attrs
@@ -166,5 +167,5 @@ def test_the_stopping_rule_under_folds_compares_the_running_mean(tmp_path: Path)
     driver.run()
     assert ev.reported == [[1, 2, 3], [1, 2, 3], [1, 2]]
     stopped = driver.study.trials[2]
-    assert stopped.state.name == "PRUNED" and stopped.user_attrs["pruned_val_accuracy"] == 75.0
+    assert stopped.state.name == "PRUNED" and stopped.user_attrs["stopped_val_accuracy"] == 75.0
     assert "mean of its 2 runs" in stopped.user_attrs["prune_reason"]

@@ -98,3 +98,52 @@ def test_nothing_chosen_is_a_usage_error(searched: Path, capsys: pytest.CaptureF
     assert "choose what to finalise" in capsys.readouterr().err
     assert main(["--quiet", "final", "--out", str(searched), "--trial", "99"]) == 2
     assert "no trial 99" in capsys.readouterr().err
+
+
+def test_report_shows_the_final_stage(searched: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    assert _final(searched, "--top", "2", "--baselines", "mobilenet_v2") == 0  # nothing new if done
+    capsys.readouterr()
+    assert main(["--quiet", "report", "--out", str(searched), "--explain", "0"]) == 0
+    assert "proxy fidelity (Kendall tau)" in capsys.readouterr().out
+    data = json.loads((searched / "report" / "report.json").read_text())
+    final = data["final"]
+    roles = sorted(m["role"] for m in final["models"])
+    assert roles == ["baseline", "candidate", "candidate", "prototype", "reference"]
+    assert all(m["runs"] == 2 and m["final_ci"] is not None for m in final["models"])
+    assert final["pareto"] and set(final["pareto"]) <= {m["label"] for m in final["models"]}
+    assert final["fidelity"]["n"] == 3  # two candidates and CT L
+    page = (searched / "report" / "index.html").read_text()
+    assert "Final stage" in page and "Kendall tau-b" in page
+    for m in final["models"]:
+        assert f"{m['final_accuracy']:.1f} ± {m['final_std']:.1f}" in page
+
+
+def test_report_setup_block_and_majority_line_match_the_stored_configuration(searched: Path) -> None:
+    import json
+    import re
+
+    assert main(["--quiet", "report", "--out", str(searched), "--explain", "0"]) == 0
+    study = optuna.load_study(study_name="covidnet-ct", storage=f"sqlite:///{searched / 'study.db'}")
+    config, data = study.user_attrs["run_config"], study.user_attrs["data"]
+    setup = json.loads((searched / "report" / "report.json").read_text())["setup"]
+    assert setup["training"]["epochs"] == config["epochs"] == 1
+    assert setup["training"]["image_size"] == config["image_size"] == 32
+    assert setup["seed"] == config["seed"] == 1 and setup["search"]["trials_budget"] == 4
+    assert setup["data"]["split_sizes"] == data["data_sizes"] and setup["data"]["hash"] == data["data_hash"]
+    assert setup["environment"]["device"] == "cpu" and setup["environment"]["threads"] >= 1
+    assert setup["environment"]["versions"]["torch"]
+    assert setup["trials_by_state"]["complete"] == 4
+    page = (searched / "report" / "index.html").read_text()
+    block = page.split('<section id="setup">')[1].split("</section>")[0]
+    assert (
+        f"train {data['data_sizes']['train']}" in block and "epochs 1" in block and "image size 32" in block
+    )
+    rate = data["majority_rate"]["val"]
+    assert f"majority class (val): {rate:.1f} %" in page  # the interactive plot's line and legend
+    line = re.search(r'class="grp-majority"[^>]*data-rate="([\d.]+)"', page)
+    assert line and float(line.group(1)) == pytest.approx(rate, abs=1e-3)
+    assert f"majority class (val): {rate:.1f} %" in (searched / "report" / "pareto_macs.svg").read_text()
+    t3 = (searched / "report" / "table3.md").read_text()
+    assert "| majority class (constant) | chance level |" in t3 and f"{rate:.1f}" in t3

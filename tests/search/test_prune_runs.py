@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,15 @@ def test_ct_l_pruned_to_the_ct_s_budget_is_stored_like_a_search_trial(tmp_path: 
     with torch.no_grad():
         assert torch.isfinite(model.eval()(torch.rand(2, 3, SIZE, SIZE))).all()
 
+    # `search export --pruned N` exports it (no need to know the ':pruned' companion study)
+    dest = tmp_path / "exported"
+    export = ["--quiet", "export", "--run", str(tmp_path), "--study", "s", "--pruned", str(trial.number)]
+    assert main([*export, "--out", str(dest), "--format", "pt,json", "--latency-repeats", "0"]) == 0
+    card = json.loads((dest / "model.json").read_text())
+    assert card["arch_id"] == a["arch_id"] and (dest / "weights.pt").is_file()
+    assert main([*export, "--out", str(dest), "--format", "json", "--latency-repeats", "0"]) == 2
+    assert f"{dest} already exists;" in capsys.readouterr().err
+
 
 def test_a_search_trial_pruned_with_taylor_importance(tmp_path: Path) -> None:
     spec = get_reference("ct-s")
@@ -128,6 +138,10 @@ def test_a_search_trial_pruned_with_taylor_importance(tmp_path: Path) -> None:
     study, trial = _pruned(tmp_path)
     a = trial.user_attrs
     assert a["origin"] == "pruned:trial 0" and a["source"]["trial"] == 0 and a["source"]["study"] == "s"
+    from reports.collect import collect  # the report names it with its source
+
+    labels = list(collect(f"sqlite:///{tmp_path / 'study.db'}", "s").of_kind("pruned")["label"])
+    assert labels == [f"{a['display_name']} (from trial 0)"]
     assert a["prune_method"] == "taylor" and "onnx" not in a["prune_checks"]
     assert abs(a["macs"] - 0.6 * a["source"]["macs"]) <= 0.02 * 0.6 * a["source"]["macs"]
     build(ArchSpec.from_dict(a["spec"])).load_state_dict(load_weights(study, trial))
