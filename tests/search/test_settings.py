@@ -40,6 +40,9 @@ def _other_value(s: object) -> object:
         "image_size": 96,
         "protocol": "final",
         "keep": "last",
+        "cv_by": "source",
+        "cv_score": "worst",
+        "harmonise": "standardise",
     }
     if key in special:
         return special[key]
