@@ -33,7 +33,7 @@ from reports.explain_grid import ExplainEntry, explain_table
 from reports.pareto import pareto_indices
 from reports.plots import pareto_plot, progress_plot
 from reports.progress import Progress, progress
-from reports.tables import Table, per_class_table, summary_table, table3, tradeoff_table
+from reports.tables import Table, held_out_table, per_class_table, summary_table, table3, tradeoff_table
 from space.errors import UserInputError
 
 SPLITS = ("test", "val")
@@ -200,6 +200,9 @@ def _tables(
         per_class_table(rows, split, ("specificity", "npv"), 5),
         tradeoff_table(baselines, candidates),
     ]
+    held_out = held_out_table(rows)
+    if held_out is not None:
+        tables.append(held_out)
     if explain is not None:
         entries = explain(rows, out)
         if entries:
