@@ -18,7 +18,9 @@ from search.console import console, print_table
 from search.errors import UsageError
 
 # The search's own settings a final run takes from the study (the training ones are its own).
-FROM_SEARCH = ("data", "complexity_size", "artifacts", "skip_bad", "space")
+# harmonise: a model is finalised on the inputs it was searched on; cv_by/cv_score: a search
+# validated on held-out sources is finalised on held-out sources (flags override all of them)
+FROM_SEARCH = ("data", "complexity_size", "artifacts", "skip_bad", "space", "harmonise", "cv_by", "cv_score")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

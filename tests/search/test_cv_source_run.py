@@ -67,3 +67,16 @@ def test_cv_by_source_with_one_source_is_a_usage_error(
     argv = ["train", "--arch", "ct-s", *TINY, "--data", str(sources[0]), "--cv-by", "source"]
     assert main([*argv, "--out", str(tmp_path / "t")]) == 2
     assert "--cv-by source needs at least two --data sources, got 1 (a)" in capsys.readouterr().err
+
+
+def test_search_final_keeps_the_searchs_harmonisation_and_held_out_sources() -> None:
+    import argparse
+
+    from search.commands.final import final_config
+
+    stored = {"data": ["a", "b"], "harmonise": "match", "cv_by": "source", "cv_score": "worst", "epochs": 4}
+    final = final_config(argparse.Namespace(config=None), stored)
+    assert final.train.harmonise == "match" and final.cv.by_source and final.cv.score == "worst"
+    assert final.train.protocol == "final" and final.train.epochs == 12
+    override = final_config(argparse.Namespace(config=None, cv_by="patient", harmonise="none"), stored)
+    assert override.train.harmonise == "none" and not override.cv.by_source
