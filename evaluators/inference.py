@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from evaluators.data.classes import CLASS_NAMES
-from evaluators.data.harmonise import HARMONISE, harmonise_pixels
 from evaluators.extras import MissingExtraError
 from evaluators.extras import require as _require
 from space.errors import UserInputError
@@ -267,6 +266,8 @@ def onnx_classifier(path: str | Path, threads: int | None = None) -> Classifier:
     def run(x: np.ndarray) -> np.ndarray:
         return np.asarray(session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0])
 
+    from evaluators.data.harmonise import HARMONISE
+
     harmonise = meta.get("harmonise", "none")
     if harmonise not in HARMONISE:
         raise ImageError(
@@ -339,6 +340,8 @@ def predict_files(
 ) -> list[Prediction]:
     """Classify image files; a file that cannot be read gets a ``Prediction`` with ``error`` set
     and does not stop the others. Results are in the order of ``files``."""
+    from evaluators.data.harmonise import harmonise_pixels  # torch, imported where it is used
+
     out: list[Prediction | None] = [None] * len(files)
     ready: list[tuple[int, np.ndarray, tuple[int, int, int, int]]] = []
     for i, f in enumerate(files):
