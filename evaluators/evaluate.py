@@ -49,6 +49,7 @@ def evaluate(
     device: str = "auto",
     cache_dir: Any = None,
     seed: int = 0,
+    harmonise: str = "none",
 ) -> EvalResult:
     """The metrics of ``model`` on ``split`` of ``dataset`` at ``image_size``.
 
@@ -62,13 +63,17 @@ def evaluate(
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         cache_dir: the decoded-image cache folder (default: ``evaluators.cache.default_cache_dir()``).
         seed: seed of the bootstrap intervals.
+        harmonise: the intensity harmonisation the model was trained with
+            (``evaluators.data.harmonise``).
     """
     from evaluators.data.cache import load_arrays
     from evaluators.device import input_channels, resolve_device
 
     dev = resolve_device(device)
     channels = channels or input_channels(model)
-    arrays = load_arrays(dataset, split, image_size, channels, cache_dir)
+    from evaluators.data.harmonise import harmonise_arrays
+
+    arrays = harmonise_arrays(load_arrays(dataset, split, image_size, channels, cache_dir), harmonise)
     model.to(dev)
     pred = predict(model, arrays.images, channels, batch_size, dev)
     return compute_metrics(arrays.labels, pred, len(CLASS_NAMES), arrays.sources, seed)

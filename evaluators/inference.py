@@ -206,6 +206,8 @@ class Classifier:
         class_names: one name per output.
         runtime: ``onnxruntime`` or ``torch``.
         source: the file(s) it was loaded from.
+        harmonise: the intensity harmonisation the model was trained with, applied to the
+            cropped, resized pixels before they are scaled (``evaluators.data.harmonise``).
     """
 
     logits: Callable[[np.ndarray], np.ndarray]
@@ -215,6 +217,7 @@ class Classifier:
     runtime: str = ""
     source: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    harmonise: str = "none"
 
 
 def ort_session(path: str | Path, threads: int | None = None) -> Any:
@@ -255,11 +258,23 @@ def onnx_classifier(path: str | Path, threads: int | None = None) -> Classifier:
     def run(x: np.ndarray) -> np.ndarray:
         return np.asarray(session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0])
 
-    return Classifier(run, int(shape[2]), int(shape[1]), names, "onnxruntime", str(p), meta)
+    from evaluators.data.harmonise import HARMONISE
+
+    harmonise = meta.get("harmonise", "none")
+    if harmonise not in HARMONISE:
+        raise ImageError(
+            f"{p}: unknown harmonisation {harmonise!r} in its metadata (known: {', '.join(HARMONISE)})"
+        )
+    return Classifier(run, int(shape[2]), int(shape[1]), names, "onnxruntime", str(p), meta, harmonise)
 
 
 def torch_classifier(
-    model: Any, image_size: int, channels: int, class_names: Sequence[str] = CLASS_NAMES, source: str = ""
+    model: Any,
+    image_size: int,
+    channels: int,
+    class_names: Sequence[str] = CLASS_NAMES,
+    source: str = "",
+    harmonise: str = "none",
 ) -> Classifier:
     """A ``Classifier`` running a PyTorch module in eval mode without autograd."""
     import torch
@@ -270,7 +285,7 @@ def torch_classifier(
         with torch.inference_mode():
             return model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).float().numpy()
 
-    return Classifier(run, image_size, channels, tuple(class_names), "torch", source)
+    return Classifier(run, image_size, channels, tuple(class_names), "torch", source, harmonise=harmonise)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -317,6 +332,8 @@ def predict_files(
 ) -> list[Prediction]:
     """Classify image files; a file that cannot be read gets a ``Prediction`` with ``error`` set
     and does not stop the others. Results are in the order of ``files``."""
+    from evaluators.data.harmonise import harmonise_pixels  # torch, imported where it is used
+
     out: list[Prediction | None] = [None] * len(files)
     ready: list[tuple[int, np.ndarray, tuple[int, int, int, int]]] = []
     for i, f in enumerate(files):
@@ -333,7 +350,8 @@ def predict_files(
         ready.append((i, pixels, box))
     for start in range(0, len(ready), batch_size):
         chunk = ready[start : start + batch_size]
-        x = to_input(np.stack([c[1] for c in chunk]), classifier.channels)
+        pixels = harmonise_pixels(np.stack([c[1] for c in chunk]), classifier.harmonise)
+        x = to_input(pixels, classifier.channels)
         probs = softmax(classifier.logits(x))
         for (i, _, box), p in zip(chunk, probs):
             label = int(np.argmax(p))
@@ -366,9 +384,11 @@ def evaluate_classifier(
         An ``evaluators.metrics.EvalResult``.
     """
     from evaluators.data.cache import load_arrays, to_float
+    from evaluators.data.harmonise import harmonise_arrays
     from evaluators.metrics import compute_metrics
 
     arrays = load_arrays(dataset, split, classifier.image_size, classifier.channels, cache_dir)
+    arrays = harmonise_arrays(arrays, classifier.harmonise)
     preds = []
     for start in range(0, len(arrays), batch_size):
         x = to_float(arrays.images[start : start + batch_size], classifier.channels)

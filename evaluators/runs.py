@@ -1,4 +1,5 @@
-"""Training one architecture as K patient-grouped folds x R seeds (``--cv-folds``, ``--repeats``).
+"""Training one architecture as K patient-grouped folds x R seeds (``--cv-folds``, ``--repeats``),
+or as leave-one-source-out folds (``--cv-by source``).
 
 ``evaluate_runs`` is the one entry point for the plain and the cross-validated evaluation: with
 ``folds == 1`` each run trains on the train split and validates on the val split (exactly
@@ -6,6 +7,13 @@
 folds, and the test split is never read. Either way the result carries the accuracy as an
 ``Uncertain`` (mean, standard deviation, every run's value, 95 % interval), the pooled validation
 metrics and the first run's weights.
+
+With ``by == "source"`` (several ``--data`` sources) each fold holds one source's train+val images
+out: the model trains on every other source and is validated on the held-out one, so a candidate
+that learned a source's look (its brightness, its crop) instead of the disease scores what it
+would at another hospital. The stored accuracy is then the mean over held-out sources (``score ==
+"mean"``) or the worst one (``"worst"``), and ``RunsResult.held_out`` keeps every source's value
+with its interval.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from evaluators.training import TrainConfig, TrainResult, fit, train
 from evaluators.uncertainty import Uncertain
 
 RunCallback = Callable[[int, float], None]
+CV_BY = ("patient", "source")
+CV_SCORES = ("mean", "worst")
 
 
 class RunsFailed(RuntimeError):
@@ -56,6 +66,19 @@ class CVConfig:
         metavar="FILE.csv",
     )
     fold_seed: int = setting(0, "seed of the fold assignment", flag=False)
+    by: str = setting(
+        "patient",
+        "what a fold holds out: patient (patient-grouped folds of --cv-folds) or source (leave one "
+        "--data source out: train on the others, validate on it)",
+        key="cv_by",
+        choices=CV_BY,
+    )
+    score: str = setting(
+        "mean",
+        "with --cv-by source, the stored accuracy: the mean over held-out sources or the worst one",
+        key="cv_score",
+        choices=CV_SCORES,
+    )
 
     def __post_init__(self) -> None:
         for name, key in (("folds", "cv_folds"), ("repeats", "repeats")):
@@ -65,10 +88,31 @@ class CVConfig:
                 re.compile(self.patient_regex)
             except re.error as e:
                 raise ConfigError(f"patient_regex is not a valid regular expression: {e}") from None
+        if self.by not in CV_BY:
+            raise ConfigError(f"cv_by must be one of {', '.join(CV_BY)}, got {self.by!r}")
+        if self.score not in CV_SCORES:
+            raise ConfigError(f"cv_score must be one of {', '.join(CV_SCORES)}, got {self.score!r}")
+        if self.by == "source" and self.folds != 1:
+            raise ConfigError(
+                f"cv_by source makes one fold per --data source; cv_folds must stay 1, got {self.folds}"
+            )
+
+    @property
+    def by_source(self) -> bool:
+        return self.by == "source"
 
     @property
     def runs(self) -> int:
+        """Trainings of one evaluation (with ``by_source``: per source; see ``runs_for``)."""
         return self.folds * self.repeats
+
+    def runs_for(self, sources: int) -> int:
+        """Trainings of one evaluation on data of ``sources`` sources."""
+        return sources * self.repeats if self.by_source else self.runs
+
+    def fold_count(self, sources: int) -> int:
+        """Folds of one evaluation on data of ``sources`` sources (1: the plain train/val split)."""
+        return sources if self.by_source else self.folds
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -88,6 +132,10 @@ class RunsResult:
         runs: per run: fold, repeat, seed, val accuracy, best epoch, epochs run, history.
         grouping: how patients were found (folds only).
         fold_sizes: images per fold (folds only).
+        held_out: with ``cv.by == "source"``: each held-out source's validation accuracy over its
+            repeats (one run: the bootstrap interval over its images), in source order.
+        score: which figure ``accuracy`` is: ``"mean"`` over runs (and held-out sources) or the
+            ``"worst"`` held-out source's.
     """
 
     accuracy: Uncertain
@@ -98,9 +146,14 @@ class RunsResult:
     runs: list[dict[str, Any]]
     grouping: Grouping | None
     fold_sizes: list[int]
+    held_out: dict[str, Uncertain] = dataclasses.field(default_factory=dict)
+    score: str = "mean"
 
     def cv_dict(self, cv: CVConfig) -> dict[str, Any]:
         d: dict[str, Any] = {**cv.to_dict(), "fold_sizes": self.fold_sizes}
+        if self.held_out:
+            d["held_out"] = {k: v.to_dict() for k, v in self.held_out.items()}
+            d["optimised"] = f"{self.score} of held-out sources"
         if self.grouping is not None:
             g = self.grouping
             d["grouping"] = {
@@ -142,6 +195,8 @@ def evaluate_runs(
     """
     cv = cv or CVConfig()
     runs = _Runs(cv, on_run)
+    if cv.by_source:
+        return _source_runs(make_model, dataset, config, cv, runs, cache_dir, progress)
     if cv.folds == 1:
         for r in range(cv.repeats):
             cfg = dataclasses.replace(
@@ -193,6 +248,47 @@ def check_runs(dataset: CTDataset, config: TrainConfig, cv: CVConfig | None = No
     make_folds([s.label for s in samples], list(grouping.patients), cv.folds, seed=cv.fold_seed)
 
 
+def _source_runs(
+    make_model: Callable[[int], nn.Module],
+    dataset: CTDataset,
+    config: TrainConfig,
+    cv: CVConfig,
+    runs: _Runs,
+    cache_dir: str | Path | None,
+    progress: bool,
+) -> RunsResult:
+    """Leave-one-source-out: per repeat and source, train on the other sources' train+val images
+    and validate on the held-out source's (the test split is not read)."""
+    if len(dataset.sources) < 2:
+        raise ConfigError(
+            f"cv_by source needs at least two --data sources, got {len(dataset.sources)} "
+            f"({', '.join(dataset.sources)})"
+        )
+    channels = config.channels or 3
+    pool = concat_arrays(
+        [
+            load_arrays(dataset, "train", config.image_size, channels, cache_dir),
+            load_arrays(dataset, "val", config.image_size, channels, cache_dir),
+        ]
+    )
+    src = pool.sources
+    folds = [
+        torch.tensor([i for i, s in enumerate(src) if s == name], dtype=torch.long)
+        for name in dataset.sources
+    ]
+    for name, held in zip(dataset.sources, folds):
+        if len(held) == 0 or len(held) == len(pool):
+            raise ConfigError(f"cv_by source: source {name} has no train+val images to hold out or train on")
+    for r in range(cv.repeats):
+        for k, (name, held) in enumerate(zip(dataset.sources, folds)):
+            rest = torch.tensor([i for i, s in enumerate(src) if s != name], dtype=torch.long)
+            cfg = dataclasses.replace(config, seed=config.seed + r, evaluate_test=False)
+            val_arr = pool.subset(held, split=f"held-out {name}")
+            res = fit(make_model(cfg.seed), pool.subset(rest, split="train"), val_arr, cfg, progress=progress)
+            runs.record(res, k + 1, r, val_arr, held_out=name)
+    return runs.result(config.seed, None, [len(f) for f in folds], sources=tuple(dataset.sources))
+
+
 def _patient_folds(
     dataset: CTDataset, config: TrainConfig, cv: CVConfig, cache_dir: str | Path | None
 ) -> tuple[Grouping, SplitArrays, list[Any]]:
@@ -235,7 +331,14 @@ class _Runs:
         self.sources: list[str] = []
         self.images: list[str] = []  # which image each validation prediction is of
 
-    def record(self, res: TrainResult, fold: int, repeat: int, val_arr: SplitArrays | None) -> None:
+    def record(
+        self,
+        res: TrainResult,
+        fold: int,
+        repeat: int,
+        val_arr: SplitArrays | None,
+        held_out: str | None = None,
+    ) -> None:
         if not res.ok or res.val is None:
             where = (
                 f"run {len(self.runs) + 1} (fold {fold}, seed {res.config.seed})"
@@ -246,6 +349,7 @@ class _Runs:
         self.results.append(res)
         self.runs.append(
             {
+                **({"held_out": held_out} if held_out is not None else {}),
                 "fold": fold,
                 "repeat": repeat,
                 "seed": res.config.seed,
@@ -265,7 +369,13 @@ class _Runs:
         if self.on_run is not None:
             self.on_run(len(self.runs), res.val.accuracy)
 
-    def result(self, seed: int, grouping: Grouping | None, fold_sizes: list[int]) -> RunsResult:
+    def result(
+        self,
+        seed: int,
+        grouping: Grouping | None,
+        fold_sizes: list[int],
+        sources: tuple[str, ...] = (),
+    ) -> RunsResult:
         first = self.results[0]
         if self.y_true:
             # With --repeats an image is predicted once per seed: bootstrap over distinct images.
@@ -281,6 +391,13 @@ class _Runs:
             val = first.val  # type: ignore[assignment]
         single_ci = first.val.accuracy_ci if len(self.runs) == 1 and first.val is not None else None
         accuracy = Uncertain.of([r["val_accuracy"] for r in self.runs], single_run_ci=single_ci)
+        held_out: dict[str, Uncertain] = {}
+        for name in sources:
+            mine = [(r, res) for r, res in zip(self.runs, self.results) if r.get("held_out") == name]
+            ci = mine[0][1].val.accuracy_ci if len(mine) == 1 and mine[0][1].val is not None else None
+            held_out[name] = Uncertain.of([r["val_accuracy"] for r, _ in mine], single_run_ci=ci)
+        if held_out and self.cv.score == "worst":
+            accuracy = min(held_out.values(), key=lambda u: u.mean)
         tests = [r["test_accuracy"] for r in self.runs if r["test_accuracy"] is not None]
         test_accuracy = None
         if tests:
@@ -295,6 +412,8 @@ class _Runs:
             runs=self.runs,
             grouping=grouping,
             fold_sizes=fold_sizes,
+            held_out=held_out,
+            score=self.cv.score if held_out else "mean",
         )
 
 

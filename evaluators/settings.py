@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, dataclass
@@ -100,8 +101,10 @@ def settings_of(cls: type) -> list[Setting]:
         if not f.metadata.get("setting"):
             continue
         kind = hints[f.name]
-        args = typing.get_args(kind)
+        union = typing.get_origin(kind) in (typing.Union, types.UnionType)
+        args = typing.get_args(kind) if union else ()
         optional = type(None) in args
+        # unwrap Optional only: tuple[str, ...] keeps its origin (a repeatable flag), not str
         base = next((a for a in args if a is not type(None)), kind) if args else kind
         base = typing.get_origin(base) or base
         default = f.default

@@ -24,6 +24,7 @@ from evaluators.data.augment import epoch_batches, make_batch
 from evaluators.data.cache import SplitArrays, load_arrays
 from evaluators.data.classes import CLASS_NAMES
 from evaluators.data.covidx import CTDataset
+from evaluators.data.harmonise import HARMONISE, harmonise_arrays
 from evaluators.device import _parse_device, input_channels, resolve_device, seed_everything
 from evaluators.evaluate import predict
 from evaluators.metrics import EvalResult, compute_metrics
@@ -103,6 +104,13 @@ class TrainConfig:
     exterior_exclusion: bool = setting(
         False, "replace everything outside the body box by its mean gray level"
     )
+    harmonise: str = setting(
+        "none",
+        "intensity harmonisation from the pixels inside the body box, applied at train, evaluate and "
+        "predict time: standardise (mean and std), equalise (histogram) or match (histogram matched to "
+        "a fixed reference)",
+        choices=HARMONISE,
+    )
     balanced: bool = setting(True, "class-balanced batches")
     seed: int = setting(0, "seed of weights, batches, augmentation and dropout")
     device: str = setting("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps", outcome=False)
@@ -174,6 +182,8 @@ class TrainConfig:
             raise ConfigError(f"ema must be in [0, 1) (0: off), got {self.ema}")
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        if self.harmonise not in HARMONISE:
+            raise ConfigError(f"harmonise must be one of {', '.join(HARMONISE)}, got {self.harmonise!r}")
         if self.keep not in ("best", "last"):
             raise ConfigError(f"keep must be best or last, got {self.keep!r}")
         if self.eval_batch_size < 1:
@@ -436,6 +446,12 @@ def fit(
     """
     cfg = config or TrainConfig()
     started = time.perf_counter() if started is None else started
+    # harmonisation is a per-image map of gray levels: every split goes through the same one
+    train_arr = harmonise_arrays(train_arr, cfg.harmonise)
+    val_arr = harmonise_arrays(val_arr, cfg.harmonise)
+    if test is not None and cfg.harmonise != "none":
+        raw_test = test
+        test = lambda: harmonise_arrays(raw_test() if callable(raw_test) else raw_test, cfg.harmonise)  # noqa: E731
     run = _Run(model, train_arr, cfg)
     best = _Best(keep_last=cfg.keep == "last")
     status, reason = "complete", ""

@@ -37,7 +37,15 @@ from reports.pareto import pareto_indices
 from reports.plots import pareto_plot, progress_plot
 from reports.progress import Progress, progress
 from reports.setup import setup, setup_table
-from reports.tables import Table, footnote, per_class_table, summary_table, table3, tradeoff_table
+from reports.tables import (
+    Table,
+    footnote,
+    held_out_table,
+    per_class_table,
+    summary_table,
+    table3,
+    tradeoff_table,
+)
 from space.errors import UserInputError
 
 SPLITS = ("test", "val")
@@ -229,6 +237,9 @@ def _tables(
         per_class_table(rows, split, ("specificity", "npv"), 5),
         tradeoff_table(baselines, candidates),
     ]
+    held_out = held_out_table(rows)
+    if held_out is not None:
+        tables.append(held_out)
     if explain is not None:
         entries = explain(rows, out)
         if entries:

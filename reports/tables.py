@@ -330,6 +330,52 @@ def per_class_table(rows: pd.DataFrame, split: str, which: tuple[str, str], numb
     return t
 
 
+def held_out_table(rows: pd.DataFrame) -> Table | None:
+    """Per held-out source, each model's validation accuracy (``--cv-by source``: trained on the
+    other sources), with the mean and the worst over sources; the figure the search optimised is
+    marked. ``None`` when no model of the study was measured that way."""
+    per_model: list[tuple[pd.Series, dict[str, Uncertain], str]] = []
+    for _, r in rows.iterrows():
+        attrs = r.get("attrs")
+        cv = attrs.get("cv") if isinstance(attrs, Mapping) else None
+        held = cv.get("held_out") if isinstance(cv, Mapping) else None
+        if not isinstance(held, Mapping) or not held:
+            continue
+        try:
+            per_model.append(
+                (r, {k: Uncertain.from_dict(dict(v)) for k, v in held.items()}, str(cv.get("score", "mean")))
+            )
+        except (KeyError, TypeError, ValueError):
+            continue
+    if not per_model:
+        return None
+    sources = list(dict.fromkeys(k for _, held, _ in per_model for k in held))
+    scores = {score for _, _, score in per_model}
+    mark = {s: " (optimised)" if scores == {s} else "" for s in ("mean", "worst")}
+    t = Table(
+        "held_out",
+        "Held-out sources: validation accuracy on each source when trained on the others",
+        "--cv-by source: each fold trains on every source but one and validates on that one's "
+        "train+val images; percent, with the 95 % interval (t over seeds, or the bootstrap over "
+        "images for one run). The search optimised the column marked (optimised).",
+        [
+            *_model_columns(),
+            Column("number", "trial", "int"),
+            *[Column(f"src:{s}", f"held out {s} (%)", "ci") for s in sources],
+            Column("mean", f"mean (%){mark['mean']}", "pct"),
+            Column("worst", f"worst (%){mark['worst']}", "pct"),
+        ],
+    )
+    for r, held, _ in per_model:
+        means = [u.mean for u in held.values()]
+        row = {**_base(r), "number": r["number"], "mean": float(np.mean(means)), "worst": min(means)}
+        for s in sources:
+            u = held.get(s)
+            row[f"src:{s}"] = (u.mean, u.ci) if u is not None else (None, None)
+        t.rows.append(row)
+    return t
+
+
 def tradeoff_table(baselines: pd.DataFrame, candidates: pd.DataFrame) -> Table:
     """For each baseline, the found candidates that dominate it (the non-dominated ones among them)."""
     t = Table(

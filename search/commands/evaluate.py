@@ -111,6 +111,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         device=device,
         cache_dir=args.cache_dir,
         seed=seed,
+        harmonise=str(trained.get("harmonise") or "none"),
     )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -149,4 +150,6 @@ def _evaluate_exported(args: argparse.Namespace) -> int:
         sources = ", ".join(dataset.sources)
         print_metrics(result, f"{name} on {args.split} ({sources}), {classifier.image_size} px")
         console().print(f"model {classifier.source} ({classifier.runtime})", markup=False)
+        if classifier.harmonise != "none":
+            console().print(f"harmonisation {classifier.harmonise} (from the export)", markup=False)
     return 0

@@ -18,7 +18,9 @@ from search.console import console, print_table
 from search.errors import UsageError
 
 # The search's own settings a final run takes from the study (the training ones are its own).
-FROM_SEARCH = ("data", "complexity_size", "artifacts", "skip_bad", "space")
+# harmonise: a model is finalised on the inputs it was searched on; cv_by/cv_score: a search
+# validated on held-out sources is finalised on held-out sources (flags override all of them)
+FROM_SEARCH = ("data", "complexity_size", "artifacts", "skip_bad", "space", "harmonise", "cv_by", "cv_score")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -130,7 +132,7 @@ def run_final_command(args: argparse.Namespace) -> int:
     place = {"out": where.out, "storage": where.storage, "study": where.study, "artifacts": artifacts}
     final = final_config(args, stored).replace(**place)
     storage = open_storage(final.storage_url, final.heartbeat, final.max_retry)
-    evaluator = TrainingEvaluator(final, read_test=final.cv.folds == 1)
+    evaluator = TrainingEvaluator(final, read_test=_tested(final))
     proxy_key = None
     proxy_baselines = None
     if stored:
@@ -143,11 +145,14 @@ def run_final_command(args: argparse.Namespace) -> int:
     study = open_final_study(storage, final.storage_url, where.study, final, evaluator.data_attrs())
     store = artifact_store(study.user_attrs.get("artifacts") or final.artifacts_dir)
     t = final.train
+    runs = final.cv.runs_for(len(evaluator.dataset.sources))
+    scored = "test split" if _tested(final) else "out-of-fold validation"
+    if final.cv.by_source:
+        scored = f"{final.cv.score} of the held-out sources' train+val"
     console().print(
         f"final stage of {where.study!r}: {len(entries)} models ({len(candidates)} candidates, CT L, CT S, "
         f"{len(names)} baselines), protocol {t.protocol}, {t.epochs} epochs at {t.image_size} px, "
-        f"{final.cv.runs} run{'s' if final.cv.runs != 1 else ''} each; "
-        f"{'test split' if final.cv.folds == 1 else 'out-of-fold validation'} scored; "
+        f"{runs} run{'s' if runs != 1 else ''} each; {scored} scored; "
         f"majority-class rate {_majority(evaluator, final)}",
         soft_wrap=True,
     )
@@ -205,7 +210,13 @@ def run_final_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tested(final: Any) -> bool:
+    """Whether the final stage scores the test split (a plain split) rather than held-out folds or
+    held-out sources."""
+    return final.cv.folds == 1 and not final.cv.by_source
+
+
 def _majority(evaluator: Any, final: Any) -> str:
     rates = evaluator.data_attrs()["majority_rate"]
-    split = "test" if final.cv.folds == 1 else "val"
+    split = "test" if _tested(final) else "val"
     return f"{rates[split]:.1f} % ({split})" if split in rates else "n/a"

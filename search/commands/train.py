@@ -144,7 +144,12 @@ def run_train(args: argparse.Namespace) -> int:
     model = build(spec, 3)
     params = sum(p.numel() for p in model.parameters())
     quiet = bool(getattr(args, "quiet", False))
-    if cv.runs > 1:
+    if cv.runs > 1 or cv.by_source:
+        if cv.by_source and len(dataset.sources) < 2:
+            raise UsageError(
+                f"--cv-by source needs at least two --data sources, got {len(dataset.sources)} "
+                f"({', '.join(dataset.sources)})"
+            )
         return _train_runs(args, spec, dataset, cfg, cv, grouping, out, params, str(device), quiet)
     if not quiet:
         err_console().print(
@@ -218,10 +223,12 @@ def check_grouping(dataset: Any, cv: Any) -> Any:
     return grouping
 
 
-def _run_place(run: int, cv: Any, seed: int) -> tuple[int, int]:
-    """(fold, seed) of 1-based run ``run``: ``evaluate_runs`` loops over seeds, then folds."""
-    fold = 0 if cv.folds == 1 else (run - 1) % cv.folds + 1
-    return fold, seed + (run - 1) // cv.folds
+def _run_place(run: int, cv: Any, seed: int, sources: int = 1) -> tuple[int, int]:
+    """(fold, seed) of 1-based run ``run``: ``evaluate_runs`` loops over seeds, then folds (with
+    ``--cv-by source`` one fold per source)."""
+    folds = cv.fold_count(sources)
+    fold = 0 if folds == 1 else (run - 1) % folds + 1
+    return fold, seed + (run - 1) // folds
 
 
 def _train_runs(
@@ -253,10 +260,13 @@ def _train_runs(
 
     def on_run(run: int, val_accuracy: float) -> None:
         if not quiet:
-            fold, seed = _run_place(run, cv, cfg.seed)
+            fold, seed = _run_place(run, cv, cfg.seed, len(dataset.sources))
             where = f"fold {fold}, " if fold else ""
+            if cv.by_source:
+                where = f"held out {dataset.sources[fold - 1]}, "
             err_console().print(
-                f"run {run}/{cv.runs} ({where}seed {seed}): val accuracy {val_accuracy:.2f} %"
+                f"run {run}/{cv.runs_for(len(dataset.sources))} ({where}seed {seed}): "
+                f"val accuracy {val_accuracy:.2f} %"
             )
 
     common = {
@@ -305,7 +315,13 @@ def _train_runs(
 def _announce_runs(
     spec: Any, dataset: Any, cfg: Any, cv: Any, grouping: Any, params: int, device: str
 ) -> None:
-    if cv.folds > 1:
+    runs = cv.runs_for(len(dataset.sources))
+    if cv.by_source:
+        where = (
+            f"leave one source out ({len(dataset.sources)} sources; train on the others' train+val, "
+            f"validate on the held-out one's; test not used; {cv.score} of the held-out accuracies scored)"
+        )
+    elif cv.folds > 1:
         n = len(dataset.splits["train"]) + len(dataset.splits["val"])
         where = (
             f"{cv.folds} patient-grouped folds of train+val ({n} images, "
@@ -314,7 +330,7 @@ def _announce_runs(
     else:
         where = f"{len(dataset.splits['train'])} train / {len(dataset.splits['val'])} val images"
     err_console().print(
-        f"training {spec.name or spec.arch_id} (arch_id {spec.arch_id}, {params:,} params) {cv.runs} "
+        f"training {spec.name or spec.arch_id} (arch_id {spec.arch_id}, {params:,} params) {runs} "
         f"times on {', '.join(dataset.sources)}: {where}, {cv.repeats} seed{'s' if cv.repeats != 1 else ''} "
         f"from {cfg.seed}, {cfg.image_size} px, {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, "
         f"{device}"
@@ -325,20 +341,39 @@ def _print_runs(label: str, result: Any, cv: Any, grouping: Any, out: Path, seco
     """Every run's accuracy, the summary with its interval, the metrics and what was written."""
     r0 = result.runs[0]
     rows = [
-        [i, r["fold"] or "-", r["seed"], f"{r['val_accuracy']:.2f}", r["best_epoch"], r["epochs_run"]]
+        [
+            i,
+            r.get("held_out") or r["fold"] or "-",
+            r["seed"],
+            f"{r['val_accuracy']:.2f}",
+            r["best_epoch"],
+            r["epochs_run"],
+        ]
         for i, r in enumerate(result.runs, start=1)
     ]
     kind = f"{cv.folds} folds x {cv.repeats} seeds" if cv.folds > 1 else f"{cv.repeats} seeds"
+    if result.held_out:
+        kind = f"{len(result.held_out)} held-out sources x {cv.repeats} seeds"
     print_table(
         f"{label}: validation accuracy of each run ({kind})",
-        ["run", "fold", "seed", "val accuracy %", "best epoch", "epochs"],
+        ["run", "held out" if result.held_out else "fold", "seed", "val accuracy %", "best epoch", "epochs"],
         rows,
     )
+    if result.held_out:
+        print_held_out(result.held_out, result.score, f"{label}: accuracy on each held-out source")
+        mean = sum(u.mean for u in result.held_out.values()) / len(result.held_out)
+        worst = min(u.mean for u in result.held_out.values())
+        console().print(
+            f"held-out source accuracy: mean {mean:.2f} %, worst {worst:.2f} % "
+            f"(the stored accuracy is the {result.score})"
+        )
     console().print(f"val accuracy {describe(result.accuracy)}")
     if result.test is not None:
         print_metrics(result.test, f"{label} on test, run 1's weights (seed {r0['seed']})")
     else:
-        print_metrics(result.val, f"{label} on val: out-of-fold predictions of all {cv.runs} runs pooled")
+        print_metrics(
+            result.val, f"{label} on val: out-of-fold predictions of all {len(result.runs)} runs pooled"
+        )
     if grouping is not None and grouping.warning:
         console().print(f"warning: {grouping.warning}", markup=False)
     where = f"fold {r0['fold']}, " if r0["fold"] else ""
@@ -346,6 +381,20 @@ def _print_runs(label: str, result: Any, cv: Any, grouping: Any, out: Path, seco
         f"wrote {out}/metrics.json, weights.pt (run 1: {where}seed {r0['seed']}, val accuracy "
         f"{r0['val_accuracy']:.2f} %), spec.json, config.yaml ({seconds:.1f} s)"
     )
+
+
+def print_held_out(held_out: dict[str, Any], score: str, title: str) -> None:
+    """One row per held-out source (its accuracy and interval), then the mean and the worst; the
+    stored figure is marked."""
+    rows = []
+    for name, u in held_out.items():
+        ci = f"[{u.ci[0]:.2f}, {u.ci[1]:.2f}]" if u.ci else "-"
+        rows.append([name, f"{u.mean:.2f}", ci, len(u.values), u.method])
+    means = [u.mean for u in held_out.values()]
+    mark = {"mean": " (stored)" if score == "mean" else "", "worst": " (stored)" if score == "worst" else ""}
+    rows.append([f"mean{mark['mean']}", f"{sum(means) / len(means):.2f}", "", "", ""])
+    rows.append([f"worst{mark['worst']}", f"{min(means):.2f}", "", "", ""])
+    print_table(title, ["held-out source", "accuracy %", "95 % interval", "runs", "interval from"], rows)
 
 
 def describe(acc: Any) -> str:

@@ -54,6 +54,13 @@ class TrainingEvaluator:
 
         self.config = config
         self.dataset = load_dataset(list(config.data) or None, skip_bad=config.skip_bad)
+        if config.cv.by_source and len(self.dataset.sources) < 2:
+            from evaluators.settings import ConfigError
+
+            raise ConfigError(
+                f"--cv-by source needs at least two --data sources, got {len(self.dataset.sources)} "
+                f"({', '.join(self.dataset.sources)})"
+            )
         self.check()
         # The test split belongs to the final stage: search trials and proxy baselines are scored on
         # validation data only, so that nobody picks a candidate by its test accuracy.
@@ -90,7 +97,7 @@ class TrainingEvaluator:
     @property
     def steps(self) -> int:
         """Steps at which ``on_epoch`` is called: epochs of one run, or runs (folds x seeds)."""
-        runs = self.config.cv.runs
+        runs = self.config.cv.runs_for(len(self.dataset.sources))
         return self.train_config.epochs if runs == 1 else runs
 
     def __call__(
@@ -142,7 +149,7 @@ class TrainingEvaluator:
 
         cv = self.cv
         epochs = self.train_config.epochs
-        single = cv.runs == 1
+        single = cv.runs_for(len(self.dataset.sources)) == 1
 
         def on_epoch(epoch: int, val_accuracy: float, row: dict[str, Any]) -> None:
             if self.on_epoch_progress is not None:

@@ -631,7 +631,7 @@ class SearchDriver:
         # With folds or repeats a step is one run, and a finished candidate's accuracy is its mean
         # over runs: compare like with like, the running mean of this candidate's runs so far
         # (one fold alone spreads by 8-19 points, more than the margin).
-        by_runs = config.cv.runs > 1
+        by_runs = config.cv.by_source or config.cv.runs > 1
         runs_so_far: list[float] = []
 
         seen: list[dict[str, float]] = []  # what a trial stopped early keeps as its history

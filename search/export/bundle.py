@@ -241,6 +241,7 @@ def _write_onnx(
         "arch_id": str(card["arch_id"]),
         "study": study.study_name,
         "trial": str(trial.number),
+        "harmonise": str((card.get("input") or {}).get("harmonise", "none")),
     }
     export_onnx(model, path, input_size, opset=options.opset, metadata=meta)
     parity = check_parity(path, model, images, atol=options.atol, rtol=options.rtol, source=images_source)

@@ -62,6 +62,17 @@ def model_card(
     """
     a = trial.user_attrs
     tc = a.get("train_config") or {}
+    harmonise = tc.get("harmonise", "none")
+    preprocessing = (
+        "crop to the body box, resize (bilinear) to image_size, gray repeated to every channel, divide by 255"
+    )
+    if harmonise != "none":
+        preprocessing = (
+            f"crop to the body box, resize (bilinear) to image_size, harmonise ({harmonise}: "
+            "evaluators.data.harmonise.harmonise_pixels, a per-image gray-level map from the box's "
+            "pixels; search predict and search evaluate --model apply it), gray repeated to every "
+            "channel, divide by 255"
+        )
     rc = study.user_attrs.get("run_config") or {}
     return {
         "card_version": CARD_VERSION,
@@ -84,8 +95,8 @@ def model_card(
             "shape": ["batch", channels, image_size, image_size],
             "image_size": image_size,
             "channels": channels,
-            "preprocessing": "crop to the body box, resize (bilinear) to image_size, gray repeated "
-            "to every channel, divide by 255",
+            "preprocessing": preprocessing,
+            "harmonise": harmonise,
             "class_names": list(class_names),
         },
         "training": {

@@ -90,7 +90,22 @@ def _torch_classifier(
     if not size:
         raise UsageError(f"no model.json beside {path} says the input size; pass --image-size N")
     class_names = (card.get("input") or {}).get("class_names") or names
-    return make(net, int(size), input_channels(net), class_names, source=f"{path} + {wpath}")
+    harmonise = harmonise_of(card)
+    return make(
+        net, int(size), input_channels(net), class_names, source=f"{path} + {wpath}", harmonise=harmonise
+    )
+
+
+def harmonise_of(card: dict[str, Any]) -> str:
+    """The intensity harmonisation of an export's model card (``none`` for cards before it)."""
+    from evaluators.data.harmonise import HARMONISE
+
+    value = (card.get("input") or {}).get("harmonise")
+    if value is None:
+        value = ((card.get("training") or {}).get("config") or {}).get("harmonise", "none")
+    if value not in HARMONISE:
+        raise UsageError(f"model.json: unknown harmonisation {value!r} (known: {', '.join(HARMONISE)})")
+    return str(value)
 
 
 # ----------------------------------------------------------------------------- rebuilding

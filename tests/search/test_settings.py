@@ -44,6 +44,9 @@ def _other_value(s: object) -> object:
         "channels_last": "on",
         "cudnn_benchmark": "off",
         "prefetch": "on",
+        "cv_by": "source",
+        "cv_score": "worst",
+        "harmonise": "standardise",
     }
     if key in special:
         return special[key]
