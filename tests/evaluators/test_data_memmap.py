@@ -112,7 +112,7 @@ def test_image_checks_are_cached_by_manifest(
     data = write_dataset(tmp_path / "d")
     opened: list[Path] = []
     real = covidx._image_check
-    monkeypatch.setattr(covidx, "_image_check", lambda p: opened.append(p) or real(p))
+    monkeypatch.setattr(covidx, "_image_check", lambda p, *a: opened.append(p) or real(p, *a))
     first = load_dataset([data])
     n = len(opened)
     assert n == sum(len(v) for v in first.splits.values())
