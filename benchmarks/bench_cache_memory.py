@@ -8,9 +8,10 @@ Two child processes, each measured from ``/proc/self/status`` (Linux):
 * a cross-validation reader: train + val pooled (``concat_arrays``) and split into 5 folds
   (``SplitArrays.subset``), then for each fold every training batch gathered (``make_batch``;
   the first ``--augmented`` batches of each fold with the paper's augmentation, to keep the run
-  short on a CPU) and every held-out image read once, as training and validation read them. Reported: private memory (``RssAnon``) and file-backed resident pages
-  (``RssFile``: the cache's pages in the shared page cache, reclaimable and shared by every
-  worker on the node) before and at their peak, sampled after each fold and every 200 batches.
+  short on a CPU) and every held-out image read once, as training and validation read them.
+  Reported: private memory (``RssAnon``) and file-backed resident pages (``RssFile``: the
+  cache's pages in the shared page cache, reclaimable and shared by every worker on the node)
+  before and at their peak, sampled after each fold and every 200 batches.
 
     OMP_NUM_THREADS=1 python -m benchmarks.bench_cache_memory --data /tmp/syn --image-size 512
 """
