@@ -6,11 +6,12 @@ Two child processes, each measured from ``/proc/self/status`` (Linux):
   cache folder (decoded a chunk at a time into the memory-mapped files); its peak RSS
   (``VmHWM``) and private memory at the end (``RssAnon``);
 * a cross-validation reader: train + val pooled (``concat_arrays``) and split into 5 folds
-  (``SplitArrays.subset``), then for each fold every training batch gathered (``make_batch``
-  with the paper's augmentation) and every held-out image read once, as training and
-  validation read them. Reported: private memory (``RssAnon``) and file-backed resident pages
-  (``RssFile``: the cache's pages in the shared page cache, reclaimable and shared by every
-  worker on the node) before and at their peak, sampled after each fold and every 200 batches.
+  (``SplitArrays.subset``), then for each fold every training batch gathered (``make_batch``;
+  the first ``--augmented`` batches of each fold with the paper's augmentation, to keep the run
+  short on a CPU) and every held-out image read once, as training and validation read them.
+  Reported: private memory (``RssAnon``) and file-backed resident pages (``RssFile``: the
+  cache's pages in the shared page cache, reclaimable and shared by every worker on the node)
+  before and at their peak, sampled after each fold and every 200 batches.
 
     OMP_NUM_THREADS=1 python -m benchmarks.bench_cache_memory --data /tmp/syn --image-size 512
 """
@@ -58,7 +59,7 @@ def build(data: str, size: int, cache: str) -> dict:
     }
 
 
-def crossval(data: str, size: int, cache: str, batch: int, folds: int) -> dict:
+def crossval(data: str, size: int, cache: str, batch: int, folds: int, augmented: int) -> dict:
     import torch
 
     from evaluators.data.augment import epoch_batches, make_batch
@@ -79,8 +80,9 @@ def crossval(data: str, size: int, cache: str, batch: int, folds: int) -> dict:
         held = parts[k]
         rest = torch.cat([p for j, p in enumerate(parts) if j != k])
         train_arr, val_arr = pool.subset(rest, split="train"), pool.subset(held, split=f"fold{k + 1}")
-        for idx in epoch_batches(train_arr.labels, batch, True, gen):
-            make_batch(train_arr, idx, augment=True, generator=gen)
+        for step, idx in enumerate(epoch_batches(train_arr.labels, batch, True, gen)):
+            # the first batches augmented as training does; the rest gathered (every image read)
+            make_batch(train_arr, idx, augment=step < augmented, generator=gen)
             steps += 1
             if steps % 200 == 0:
                 peak = {key: max(peak[key], v) for key, v in status().items()}
@@ -106,6 +108,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--keep", action="store_true", help="keep the cache folder afterwards")
+    ap.add_argument("--reuse", action="store_true", help="measure the reader on a kept cache, no build")
+    ap.add_argument(
+        "--augmented", type=int, default=50, help="batches per fold augmented (the rest only gathered)"
+    )
     ap.add_argument("--child", choices=("build", "crossval"), help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=RESULTS / "bench_cache_memory.json")
     args = ap.parse_args(argv)
@@ -113,11 +119,20 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(build(args.data, args.image_size, args.cache)))
         return {}
     if args.child == "crossval":
-        print(json.dumps(crossval(args.data, args.image_size, args.cache, args.batch_size, args.folds)))
+        c = crossval(args.data, args.image_size, args.cache, args.batch_size, args.folds, args.augmented)
+        print(json.dumps(c))
         return {}
-    shutil.rmtree(args.cache, ignore_errors=True)
+    if not args.reuse:
+        shutil.rmtree(args.cache, ignore_errors=True)
     common = ["--data", args.data, "--image-size", str(args.image_size), "--cache", args.cache]
-    common += ["--batch-size", str(args.batch_size), "--folds", str(args.folds)]
+    common += [
+        "--batch-size",
+        str(args.batch_size),
+        "--folds",
+        str(args.folds),
+        "--augmented",
+        str(args.augmented),
+    ]
 
     def child(kind: str) -> dict:
         r = subprocess.run(
@@ -128,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         return json.loads(r.stdout.strip().splitlines()[-1])
 
-    b = child("build")
+    b = child("build")  # with --reuse: the cache is found, so this measures a worker's start
     size = sum(f.stat().st_size for f in Path(args.cache).glob("*.canvas"))
     print(
         f"builder: {sum(b['images'].values())} images at {args.image_size} px, cache {size / 1e9:.2f} GB, "

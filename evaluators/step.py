@@ -123,7 +123,7 @@ class Stepper:
 
 
 def staged_batches(
-    canvas: torch.Tensor,
+    canvas: Any,
     labels: torch.Tensor,
     batches: Sequence[torch.Tensor],
     device: torch.device,
