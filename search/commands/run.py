@@ -148,7 +148,8 @@ def run_search(args: argparse.Namespace) -> int:
                 "interrupted: the running trial is marked failed; "
                 f"{kept} finished trial{'s are' if kept != 1 else ' is'} kept "
                 f"({counts['complete']} complete, {counts['pruned']} stopped early).\n"
-                f"resume with: {_resume_command()}"
+                f"resume with: {_resume_command()}",
+                soft_wrap=True,  # a command to copy: never wrapped
             )
             return 130
     _summary(driver, config, time.time() - start)
