@@ -83,3 +83,5 @@ def test_static_labels_of_crowded_points_do_not_overlap(
         if boxes[i].overlaps(boxes[j])
     ]
     assert clashes == []
+    lines = plots.step_boxes(fig)  # and none lies on the front's step line
+    assert lines and not [t.get_text() for t, b in zip(texts, boxes) if any(b.overlaps(s) for s in lines)]
