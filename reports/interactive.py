@@ -163,7 +163,17 @@ def _svg(collection: Collection, all_groups: list[Group], axis: str) -> str:
         out.append(
             f'<path class="grp-front" d="{" ".join(path)}" fill="none" stroke="#1f4e8c" stroke-width="1.5"/>'
         )
-    placed: list[tuple[float, float, float, float]] = []  # label boxes drawn so far
+    # label boxes drawn so far, and what labels keep off: the front's segments and every point
+    placed: list[tuple[float, float, float, float]] = []
+    if len(collection.candidates):
+        for i in range(1, len(fx)):
+            x0, x1, y0, y1 = sc.x(fx[i - 1] / div), sc.x(fx[i] / div), sc.y(fy[i - 1]), sc.y(fy[i])
+            placed += [(x0, y0 - 1.5, x1 - x0, 3.0), (x1 - 1.5, min(y0, y1), 3.0, abs(y1 - y0))]
+    for g in all_groups:
+        r = max(3.0, math.sqrt(g.size) / 1.6)
+        for (_, row), yv in zip(g.rows.iterrows(), g.y):
+            if np.isfinite(yv):
+                placed.append((sc.x(float(row[axis]) / div) - r, sc.y(float(yv)) - r, 2 * r, 2 * r))
     for g in all_groups:
         out += _points(g, sc, axis, div, placed)
     out.append("</svg>")

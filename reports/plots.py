@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -114,11 +115,31 @@ def _marker_boxes(fig: Any) -> list[Any]:
     return boxes
 
 
+def step_boxes(fig: Any) -> list[Any]:
+    """Thin boxes along every step line of ``fig`` (a front), segment by segment, in display
+    coordinates: labels keep off the line too."""
+    from matplotlib.transforms import Bbox
+
+    boxes = []
+    pad = 1.5 * fig.dpi / 72
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            if not str(line.get_drawstyle()).startswith("steps"):
+                continue
+            xy = line.get_transform().transform(line.get_xydata())
+            for (x0, y0), (x1, y1) in itertools.pairwise(xy):  # "post": across, then up
+                for a, b in (((x0, y0), (x1, y0)), ((x1, y0), (x1, y1))):
+                    lo = (min(a[0], b[0]) - pad, min(a[1], b[1]) - pad)
+                    hi = (max(a[0], b[0]) + pad, max(a[1], b[1]) + pad)
+                    boxes.append(Bbox([lo, hi]))
+    return boxes
+
+
 def declutter(fig: Any, labels: Sequence[Any]) -> None:
     """Move each label (an annotation) to the first offset where its drawn box meets no label
     placed before it and no marker; left where it was when none is free."""
     renderer = fig.canvas.get_renderer()
-    markers = _marker_boxes(fig)
+    markers = _marker_boxes(fig) + step_boxes(fig)
     placed: list[Any] = []
     for t in labels:
         for dx, dy in OFFSETS:

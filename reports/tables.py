@@ -433,6 +433,7 @@ def tradeoff_table(baselines: pd.DataFrame, candidates: pd.DataFrame) -> Table:
     if len(unlike):
         t.note += f" Candidates marked {MARK} are left out of the comparison."
     if not len(baselines):
+        t.rows.append({"baseline": "none trained", "candidate": "run `search baselines` to compare"})
         t.note += " No baselines were trained: run `search baselines` to compare against them."
     weak = sum(1 for r in t.rows if str(r.get("significant", "")).startswith("no"))
     if weak:

@@ -208,7 +208,7 @@ def run_search(args: argparse.Namespace) -> int:
                 f"{kept} finished trial{'s are' if kept != 1 else ' is'} kept "
                 f"({counts['complete']} complete, {counts['pruned']} stopped early).\n"
                 f"resume with: {_resume_command()}",
-                soft_wrap=True,
+                soft_wrap=True,  # a command to copy: never wrapped
                 markup=False,
                 highlight=False,
             )

@@ -62,3 +62,12 @@ def test_like_baselines_are_compared_and_unmarked(built: tuple[Path, str, Any]) 
     assert not any("†" in str(r.get("baseline")) for r in trade.rows)
     assert any(r.get("candidate") not in (None, "none") and "acc" in r for r in trade.rows)
     assert "†" not in report.tables[0].note
+
+
+def test_without_baselines_the_tradeoff_table_says_what_to_run(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    fill_study(url, baselines=False)
+    report = build_report(url, "t", tmp_path / "report")
+    trade = next(t for t in report.tables if t.name == "tradeoff")
+    assert [r["baseline"] for r in trade.rows] == ["none trained"]
+    assert "search baselines" in trade.to_html()

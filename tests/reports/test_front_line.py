@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 from typing import Any
@@ -83,3 +84,30 @@ def test_static_labels_of_crowded_points_do_not_overlap(
         if boxes[i].overlaps(boxes[j])
     ]
     assert clashes == []
+    lines = plots.step_boxes(fig)  # and none lies on the front's step line
+    assert lines and not [t.get_text() for t, b in zip(texts, boxes) if any(b.overlaps(s) for s in lines)]
+
+
+def test_interactive_labels_keep_off_the_front_line(tmp_path: Path) -> None:
+    from reports.interactive import _apart, _box
+    from tests.reports.studies import add_crowded_baselines
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    fill_study(url)
+    add_crowded_baselines(url)
+    c = collect(url, "t")
+    page = plot_fragment(c, pareto_rows(c))
+    for svg in page.split('<div class="iplot"')[1:]:
+        d = re.search(r'class="grp-front" d="([^"]+)"', svg).group(1)
+        pts = [(float(x), float(y)) for x, y in re.findall(r"([\d.]+),([\d.]+)", d)]
+        segments = [
+            (min(a[0], b[0]) - 1, min(a[1], b[1]) - 1, abs(a[0] - b[0]) + 2, abs(a[1] - b[1]) + 2)
+            for a, b in itertools.pairwise(pts)
+        ]
+        labels = re.findall(
+            r'<text class="label" x="([\d.]+)" y="([\d.]+)" text-anchor="(\w+)"[^>]*>([^<]+)<', svg
+        )
+        assert len(labels) >= 5
+        for x, y, anchor, text in labels:
+            box = _box(float(x), float(y), text, anchor)
+            assert all(_apart(box, s) for s in segments), text

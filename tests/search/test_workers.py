@@ -221,7 +221,9 @@ def test_ctrl_c_marks_the_running_trial_and_prints_the_resume_command(
     worker.send_signal(sig)
     out = worker.communicate(timeout=60)[0]
     assert worker.returncode == code, out
-    assert word in out and "resume with: search run --trials 3" in out
+    # printed as it can be run: this test started it as `python -m search`
+    assert word in out and f"resume with: {sys.executable} -m search run --trials 3" in out
+    assert "finished trial" in out and "stopped early)" in out
     study = optuna.load_study(study_name="i", storage=url)
     assert study.trials[0].state.name == "FAIL" and study.trials[0].user_attrs["status"] == "interrupted"
     # its parameters wait for the next run (the prototype, CT L, is not lost)
