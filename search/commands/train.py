@@ -377,6 +377,8 @@ def _print_runs(label: str, result: Any, cv: Any, grouping: Any, out: Path, seco
     if grouping is not None and grouping.warning:
         console().print(f"warning: {grouping.warning}", markup=False)
     where = f"fold {r0['fold']}, " if r0["fold"] else ""
+    if r0.get("held_out"):
+        where = f"held out {r0['held_out']}, "
     console().print(
         f"wrote {out}/metrics.json, weights.pt (run 1: {where}seed {r0['seed']}, val accuracy "
         f"{r0['val_accuracy']:.2f} %), spec.json, config.yaml ({seconds:.1f} s)"
