@@ -32,21 +32,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from evaluators.data.cachedir import CACHE_ENV as CACHE_ENV  # re-exported: the cache's variable
+from evaluators.data.cachedir import default_cache_dir
 from evaluators.data.covidx import CTDataset, DatasetError, Sample
 
-CACHE_ENV = "COVIDNET_NAS_CACHE"
 CACHE_VERSION = 2  # 2: the canvases in a raw memory-mapped file beside a small metadata file
 CHUNK = 256  # images decoded at a time while building: the builder holds one chunk, not the split
 JITTER = 0.075  # the paper's box jitter, +-7.5 % of the box size: the canvas margin
-
-
-def default_cache_dir() -> Path:
-    """``$COVIDNET_NAS_CACHE``, else ``$XDG_CACHE_HOME/covidnet-nas``, else ``~/.cache/covidnet-nas``."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME")
-    return (Path(base) if base else Path.home() / ".cache") / "covidnet-nas"
 
 
 def margin_for(image_size: int) -> int:

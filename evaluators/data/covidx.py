@@ -282,7 +282,7 @@ def checked_images(paths: Sequence[Path], cache_dir: Path | None = None) -> list
     import os
     import tempfile
 
-    from evaluators.data.cache import default_cache_dir
+    from evaluators.data.cachedir import default_cache_dir
 
     digest, _ = _manifest(paths)
     folder = (cache_dir or default_cache_dir()) / "checks"

@@ -114,7 +114,7 @@ class DecodeChecks:
 
     def __init__(self, cache_dir: str | Path | None = None) -> None:
         if cache_dir is None:
-            from evaluators.data.cache import default_cache_dir
+            from evaluators.data.cachedir import default_cache_dir
 
             cache_dir = default_cache_dir()
         self.file = Path(cache_dir) / CHECKED_FILE

@@ -147,7 +147,7 @@ def run_search(args: argparse.Namespace) -> int:
         config.out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"--out {config.out}: cannot create the folder ({e.strerror or e})") from None
-    _set_threads()
+    threads_note = _set_threads()
     display = _Display(config.trials, config.train.epochs, bool(args.quiet))
     try:
         evaluator = TrainingEvaluator(config, on_epoch_progress=display.epoch)
@@ -167,6 +167,8 @@ def run_search(args: argparse.Namespace) -> int:
             config.out_dir.rmdir()  # a run refused at start leaves nothing behind
         raise
     write_yaml(config, config.out_dir / "config.yaml")  # only once the run has started
+    if threads_note:
+        err_console().print(threads_note, soft_wrap=True)
     if "environment" not in driver.study.user_attrs:
         from evaluators.device import environment
 
@@ -217,8 +219,9 @@ def run_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _set_threads() -> None:
-    """One worker: a sane thread count (its share of the free cores), said on stderr."""
+def _set_threads() -> str | None:
+    """One worker: a sane thread count (its share of the free cores), and the line that says so
+    (printed once the run has started, so a run refused at start prints only its error)."""
     import os
 
     from evaluators.device import choose_threads, set_threads
@@ -226,8 +229,9 @@ def _set_threads() -> None:
 
     n, why = choose_threads(1)
     set_threads(n)
-    if WORKER_ENV not in os.environ:
-        err_console().print(f"threads: {n} ({why}; set OMP_NUM_THREADS to choose)", soft_wrap=True)
+    if WORKER_ENV in os.environ:
+        return None
+    return f"threads: {n} ({why}; set OMP_NUM_THREADS to choose)"
 
 
 def _run_workers(args: argparse.Namespace, config: RunConfig, workers: int) -> int:
