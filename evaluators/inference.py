@@ -166,13 +166,15 @@ class ImageError(UserInputError, ValueError):
 
 def load_gray(path: str | Path) -> np.ndarray:
     """A file as an 8-bit grayscale ``(H, W)`` array; ``ImageError`` naming the file otherwise."""
-    from evaluators.data.images import decode_gray
+    from evaluators.data.images import NotAnImage, decode_gray
 
     p = Path(path)
     if not p.is_file():
         raise ImageError(f"{p}: no such file")
     try:
         return decode_gray(p)  # the training rule: 8-bit only, a size limit, never clipped
+    except NotAnImage:
+        raise ImageError(f"{p}: not an image (Pillow cannot identify the format)") from None
     except OSError as e:
         raise ImageError(f"{p}: unreadable image ({e})") from None
 

@@ -34,6 +34,10 @@ EIGHT_BIT_MODES = frozenset({"1", "L", "P", "LA", "La", "PA", "RGB", "RGBA", "RG
 CHECKED_FILE = "decode-checked-v1.txt"
 
 
+class NotAnImage(OSError):
+    """A file Pillow cannot identify as any image format."""
+
+
 def mode_problem(mode: str) -> str | None:
     """Why an image of Pillow ``mode`` is refused, or ``None``."""
     if mode in EIGHT_BIT_MODES:
@@ -67,7 +71,7 @@ def open_image(path: str | Path) -> Iterator[Any]:
     except Image.DecompressionBombError as e:
         raise OSError(_bomb_text(str(e))) from None
     except UnidentifiedImageError:
-        raise OSError("not an image format Pillow can read") from None
+        raise NotAnImage("not an image format Pillow can read") from None
     except (ValueError, SyntaxError, EOFError) as e:  # Pillow's parsers raise these on bad headers
         raise OSError(str(e) or type(e).__name__) from None
     with img:

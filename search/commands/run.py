@@ -314,10 +314,12 @@ def _summary(driver: Any, config: RunConfig, seconds: float) -> None:
 
     counts = driver.counts()
     con = console()
+    reused = f", {counts['reused']} reused" if counts["reused"] else ""
+    duplicates = f", {counts['duplicate']} repeats drawn again" if counts["duplicate"] else ""
     con.print(
-        f"done in {seconds:.0f} s: {counts['complete'] - counts['infeasible']} trained, "
+        f"done in {seconds:.0f} s: {counts['complete'] - counts['infeasible'] - counts['reused']} trained, "
         f"{counts['pruned']} stopped early, "
-        f"{counts['infeasible']} over budget, {counts['fail']} failed"
+        f"{counts['infeasible']} over budget, {counts['fail']} failed{reused}{duplicates}"
     )
     if os.environ.get(WORKER_ENV) is not None:
         return  # one of --workers N: the launcher prints the study's summary once
@@ -378,6 +380,12 @@ def run_status(args: argparse.Namespace) -> int:
         name = "stopped_early" if t.state.name == "PRUNED" else t.state.name.lower()
         counts[name] = counts.get(name, 0) + 1
     counts["infeasible"] = sum(1 for t in trials if t.user_attrs.get("status") == "infeasible")
+    duplicates = sum(1 for t in trials if t.user_attrs.get("status") == "duplicate")
+    if duplicates:  # discarded repeats of a trained architecture, not failed candidates
+        counts["duplicate"] = duplicates
+        counts["fail"] = counts.get("fail", 0) - duplicates
+        if not counts["fail"]:
+            del counts["fail"]
     front = pareto_trials(trials)
     if args.json:
         print(

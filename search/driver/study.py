@@ -758,7 +758,8 @@ class SearchDriver:
         """
         failures = 0
         while True:
-            trial = self._next_trial()
+            # A refused connection (e.g. "too many clients") is waited out, then named in one line.
+            trial = with_retry("ask for a trial", self.config.storage_url, self._next_trial)
             if trial is None:
                 return self.finished
             report = self._run_one(trial)

@@ -168,4 +168,4 @@ def test_the_stopping_rule_under_folds_compares_the_running_mean(tmp_path: Path)
     assert ev.reported == [[1, 2, 3], [1, 2, 3], [1, 2]]
     stopped = driver.study.trials[2]
     assert stopped.state.name == "PRUNED" and stopped.user_attrs["stopped_val_accuracy"] == 75.0
-    assert "mean of its 2 runs" in stopped.user_attrs["prune_reason"]
+    assert "mean of its 2 runs" in stopped.user_attrs["stop_reason"]

@@ -413,3 +413,18 @@ def test_an_artifact_store_that_cannot_be_written_is_found_before_training() -> 
 
     with pytest.raises(UsageError, match=r"s3://b/p: cannot write to the artifact store \(Could not connect"):
         probe_store(Unreachable(), "s3://b/p")
+
+
+def test_a_postgres_worker_keeps_a_small_pool_with_pre_ping() -> None:
+    import os
+
+    from search.driver.storage import POOL_OVERFLOW, POOL_SIZE, open_storage
+
+    url = os.environ.get("COVIDNET_NAS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+    try:
+        storage = open_storage(url, heartbeat=5)
+    except UsageError as e:
+        pytest.skip(f"PostgreSQL is not reachable at {url}: {e}")
+    pool = storage.engine.pool
+    assert (pool.size(), pool._max_overflow, pool._pre_ping) == (POOL_SIZE, POOL_OVERFLOW, True)
+    assert POOL_SIZE + POOL_OVERFLOW <= 4
