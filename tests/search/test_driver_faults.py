@@ -369,7 +369,10 @@ def test_search_run_says_and_stores_what_skip_bad_skipped_and_prints_a_pasteable
     study = optuna.load_study(study_name="covidnet-ct", storage=f"sqlite:///{out / 'study.db'}")
     assert any("val.txt line 5" in m for m in study.user_attrs["data"]["skipped"])
     line = next(x for x in r.stdout.splitlines() if x.startswith("report:"))
+    # as it can be run: this test started it as `python -m search`
     assert shlex.split(line.split(":", 1)[1]) == [
+        sys.executable,
+        "-m",
         "search",
         "report",
         "--out",

@@ -190,7 +190,9 @@ def test_predict_gives_the_pytorch_models_classes(run: dict[str, Any]) -> None:
     assert [g["file"] for g in got] == files
     assert [g["label"] for g in got] == probs.argmax(1).tolist()
     for g, p in zip(got, probs):
-        assert list(g["probabilities"].values()) == pytest.approx(p.tolist(), abs=1e-5)
+        assert list(g["probabilities"].values()) == pytest.approx(
+            p.tolist(), abs=1e-4
+        )  # the export's parity bound
         assert g["class"] == ["Normal", "Pneumonia", "COVID-19"][g["label"]]
     # the same through PyTorch from spec.json + weights.pt
     r = _search("predict", "--json", "--model", str(folder / "spec.json"), *files)
