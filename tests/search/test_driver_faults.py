@@ -447,9 +447,9 @@ def test_a_failing_heartbeat_is_logged_not_swallowed(caplog: Any) -> None:
             if Flaky.beats > 1:
                 raise ConnectionError("server closed the connection unexpectedly")
 
-    with caplog.at_level(logging.WARNING, logger="search.driver.study"):
-        with Heartbeat(Flaky(), 7, 0.05):  # type: ignore[arg-type]
-            deadline = _time.time() + 10
-            while "heartbeat of trial id 7 failed" not in caplog.text and _time.time() < deadline:
-                _time.sleep(0.05)
+    beat = Heartbeat(Flaky(), 7, 0.05)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="search.driver.study"), beat:
+        deadline = _time.time() + 10
+        while "heartbeat of trial id 7 failed" not in caplog.text and _time.time() < deadline:
+            _time.sleep(0.05)
     assert "heartbeat of trial id 7 failed: server closed the connection" in caplog.text
