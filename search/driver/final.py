@@ -30,7 +30,13 @@ from search.driver.baselines import config_key
 from search.driver.baselines import find_done as find_proxy_baseline
 from search.driver.config import RunConfig
 from search.driver.storage import optuna_quiet, study_lock
-from search.driver.study import OBJECTIVES, Heartbeat, complete_candidates, pareto_trials
+from search.driver.study import (
+    OBJECTIVES,
+    Heartbeat,
+    complete_candidates,
+    fail_stale_journal_trials,
+    pareto_trials,
+)
 from search.errors import RunFailed, UsageError
 
 logger = logging.getLogger(__name__)
@@ -245,6 +251,8 @@ def run_final(
         with study_lock(storage, final.storage_url, study.study_name):
             with optuna_quiet():
                 optuna.storages.fail_stale_trials(study)
+            # journal storage: the driver's own heartbeat (a failed entry is simply run again)
+            fail_stale_journal_trials(study, final.heartbeat, max_retry=0)
             trials = study.get_trials(deepcopy=False)
             done = {t.user_attrs.get("key"): t for t in trials if _finished(t, key)}
             running = {t.user_attrs.get("key") for t in trials if t.state == TrialState.RUNNING}

@@ -431,3 +431,28 @@ def test_a_postgres_worker_keeps_a_small_pool_with_pre_ping() -> None:
     pool = storage.engine.pool
     assert (pool.size(), pool._max_overflow, pool._pre_ping) == (POOL_SIZE, POOL_OVERFLOW, True)
     assert POOL_SIZE + POOL_OVERFLOW <= 4
+
+
+def test_a_failing_heartbeat_is_logged_not_swallowed(caplog: Any) -> None:
+    import logging
+    import time as _time
+
+    from search.driver.study import Heartbeat
+
+    class Flaky:
+        beats = 0
+
+        def get_heartbeat_interval(self) -> int:
+            return 1
+
+        def record_heartbeat(self, trial_id: int) -> None:
+            Flaky.beats += 1
+            if Flaky.beats > 1:
+                raise ConnectionError("server closed the connection unexpectedly")
+
+    beat = Heartbeat(Flaky(), 7, 0.05)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="search.driver.study"), beat:
+        deadline = _time.time() + 10
+        while "heartbeat of trial id 7 failed" not in caplog.text and _time.time() < deadline:
+            _time.sleep(0.05)
+    assert "heartbeat of trial id 7 failed: server closed the connection" in caplog.text
