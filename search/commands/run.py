@@ -280,8 +280,12 @@ def _run_workers(args: argparse.Namespace, config: RunConfig, workers: int) -> i
         except KeyboardInterrupt:
             display.progress.stop()
             err_console().print(
-                f"interrupted: all {workers} workers stopped, their running trials marked failed.\n"
-                f"resume with: {_resume_command()}"
+                f"interrupted: all {workers} workers stopped, their running trials marked failed "
+                "and queued again.\n"
+                f"resume with: {_resume_command()}",
+                soft_wrap=True,  # a command to copy: never wrapped
+                markup=False,
+                highlight=False,
             )
             return 130
     bad = [(i, c) for i, c in enumerate(codes) if c != 0]

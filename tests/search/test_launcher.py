@@ -164,7 +164,9 @@ def test_ctrl_c_stops_every_worker(tmp_path: Path) -> None:
     launcher.send_signal(signal.SIGINT)
     out = launcher.communicate(timeout=120)[0]
     assert launcher.returncode == 130, out
-    assert "interrupted: all 2 workers stopped" in out and "resume with: search run" in out
+    assert (
+        "interrupted: all 2 workers stopped" in out and f"resume with: {sys.executable} -m search run" in out
+    )
     study = optuna.load_study(study_name="c", storage=storage)
     assert not [t for t in study.trials if t.state.name == "RUNNING"]  # every worker marked its trial
     assert sum(1 for t in study.trials if t.user_attrs.get("status") == "interrupted") == 2
