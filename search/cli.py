@@ -118,6 +118,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RunFailed, OSError, StorageInternalError) as e:
         if debug:
             traceback.print_exc()
+        full = _disk_full(e)
+        if full:  # not a commit error: say what to do (what was finished is in the storage)
+            print(
+                f"search: error: the disk is full ({full}); free some space and run the same command "
+                "again: finished work is kept",
+                file=sys.stderr,
+            )
+            return 1
         print(f"search: error: {_one_line(e)}", file=sys.stderr)
         if not isinstance(e, RunFailed) and not debug:
             print("search: run again with --debug for the traceback", file=sys.stderr)
@@ -143,6 +151,25 @@ def _global_flags_first(argv: list[str]) -> list[str]:
 
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
+
+
+DISK_FULL_WORDS = ("database or disk is full", "no space left on device", "could not extend file")
+
+
+def _disk_full(e: BaseException) -> str | None:
+    """The message of the error in ``e``'s chain that says the disk is full (``ENOSPC``, or what
+    SQLite and PostgreSQL say for it, wrapped by Optuna in a commit error), else None."""
+    import errno
+
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        text = " ".join(str(cur).split())
+        if getattr(cur, "errno", None) == errno.ENOSPC or any(w in text.lower() for w in DISK_FULL_WORDS):
+            return text.split("[SQL:")[0].strip() or "ENOSPC"
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

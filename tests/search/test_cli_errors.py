@@ -51,3 +51,51 @@ def test_an_unknown_registry_name_is_a_user_input_error(capsys: pytest.CaptureFi
     assert main(["space", "show", "ct-m"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("search: error: unknown reference spec 'ct-m'") and "'" not in err[-1]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        "sqlite",  # what Optuna raises when SQLite cannot commit on a full disk
+        "oserror",  # a weights file or report written to a full disk
+    ],
+)
+def test_a_full_disk_is_said_as_such_not_as_a_commit_error(
+    error: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import errno
+    import sqlite3
+
+    from optuna.exceptions import StorageInternalError
+
+    import search.commands.run as run_cmd
+
+    def full(args: object) -> int:
+        if error == "sqlite":
+            try:
+                raise sqlite3.OperationalError("database or disk is full")
+            except sqlite3.OperationalError as e:
+                raise StorageInternalError("An exception is raised during the commit.") from e
+        raise OSError(errno.ENOSPC, "No space left on device", "/runs/search/weights.pt")
+
+    monkeypatch.setattr(run_cmd, "run_search", full)
+    assert main(["run"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "the disk is full" in lines[0] and "commit" not in lines[0], lines
+    assert "run the same command again" in lines[0]
+
+
+def test_another_storage_error_keeps_its_message(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from optuna.exceptions import StorageInternalError
+
+    import search.commands.run as run_cmd
+
+    def broken(args: object) -> int:
+        raise StorageInternalError("An exception is raised during the commit.")
+
+    monkeypatch.setattr(run_cmd, "run_search", broken)
+    assert main(["run"]) == 1
+    err = capsys.readouterr().err
+    assert "disk is full" not in err and "during the commit" in err
