@@ -24,6 +24,11 @@ BLOCK_TYPES = ("bottleneck", "basic")
 IN_CHANNELS = (1, 3)
 MAX_CHANNELS = 8192
 MAX_GROUPS = 8
+# The most weights a spec may ask for (conv and linear weights, counted from the spec before any
+# tensor exists): 100 M, 70x CT L and 20x NASNet-A-Mobile, 0.4 GB in float32 (about 1.6 GB with
+# gradients and optimizer state). Without it a crafted spec of 8192-channel blocks asks for tens
+# of GB when built.
+MAX_PARAMS = 100_000_000
 
 
 def grouped_groups(mid: int) -> int:
@@ -228,6 +233,38 @@ class ArchSpec:
                             f"basic block, got {block.mid_channels}",
                         )
                 channels = block.out_channels
+        weights = self.weight_count()
+        if weights > MAX_PARAMS:
+            raise SpecError(
+                "stages",
+                f"ask for about {weights / 1e6:,.0f} M weights ({weights * 4 / 1e9:.1f} GB in float32); "
+                f"a spec may have at most {MAX_PARAMS / 1e6:.0f} M",
+            )
+
+    def weight_count(self, num_classes: int = 3) -> int:
+        """The conv and linear weights of the built network (batch norm and biases left out),
+        counted from the spec alone, so that a spec too large to build is refused before any tensor
+        is allocated (tests/space/test_spec_limits.py checks it against built networks)."""
+        k = self.stem.kernel_size
+        n = k * k * self.stem.in_channels * self.stem.out_channels
+        ch = self.stem.out_channels
+        for stage in self.stages:
+            for b in stage.blocks:
+                mid, out, kk = b.mid_channels, b.out_channels, b.kernel_size * b.kernel_size
+                groups = mid if b.conv == "depthwise" else b.groups
+                if b.type == "bottleneck":
+                    n += ch * mid + kk * mid * mid // groups + mid * out
+                    se_on = mid
+                else:
+                    first = ch if b.conv == "depthwise" else groups  # depthwise basic: mid == ch
+                    n += kk * ch * mid // first + kk * mid * out // (out if b.conv == "depthwise" else groups)
+                    se_on = out
+                if b.se_channels:
+                    n += 2 * se_on * b.se_channels
+                if b.stride != 1 or ch != out:
+                    n += ch * out  # the 1x1 projection shortcut
+                ch = out
+        return n + ch * num_classes
 
     # ----------------------------------------------------------------- identity and serialisation
     @property
