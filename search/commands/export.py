@@ -12,10 +12,11 @@ from search.console import console, err_console, print_table
 from search.errors import UsageError
 
 HELP = {
-    "run": "the search's output folder (its study.db is read unless --storage is given; default runs/search)",
+    "out": "the search's output folder, as in search run and search report (its study.db is read unless "
+    "--storage is given; default runs/search)",
     "storage": "Optuna storage URL of the study (default: RUN/study.db)",
     "artifacts": "artifact store holding the weights (default: the one the study records)",
-    "out": "destination folder (with --pick pareto: one subfolder per member; default runs/export)",
+    "export_dir": "destination folder (with --pick pareto: one subfolder per member; default runs/export)",
     "format": "comma-separated files to write: onnx (model.onnx), pt (weights.pt), json (spec.json); "
     "model.json is always written",
     "data": "data folder for the parity images (default: the study's data); repeatable",
@@ -27,7 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("export", help="export trials as ONNX + weights + model card, verified")
     where = p.add_argument_group("where the study is")
-    where.add_argument("--run", default="runs/search", metavar="DIR", help=HELP["run"])
+    where.add_argument("--out", metavar="DIR", help=HELP["out"])
+    # the old spelling: --run RUN [--out DEST] (then --out is the destination, as it was)
+    where.add_argument("--run", metavar="DIR", help=argparse.SUPPRESS)
     where.add_argument("--storage", metavar="URL", help=HELP["storage"])
     where.add_argument("--study", default="covidnet-ct", metavar="NAME", help="study name")
     where.add_argument("--artifacts", metavar="LOCATION", help=HELP["artifacts"])
@@ -41,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="export channel-pruned model N (trial N of <study>:pruned, made by search prune)",
     )
-    p.add_argument("--out", default="runs/export", metavar="DIR", help=HELP["out"])
+    p.add_argument("--export-dir", metavar="DIR", help=HELP["export_dir"])
     p.add_argument("--format", default="onnx,pt,json", metavar="LIST", help=HELP["format"])
     p.add_argument("--overwrite", action="store_true", help="replace existing export folders")
     p.add_argument("--data", action="append", metavar="DIR", help=HELP["data"])
@@ -62,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _open(args: argparse.Namespace) -> tuple[Any, Any]:
     from search.driver.storage import load_existing_study
 
-    return load_existing_study(args.storage, args.run, args.study, dir_flag="--run")
+    return load_existing_study(args.storage, args.run_dir, args.study, dir_flag=args.run_flag)
 
 
 def _open_pruned(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -70,7 +73,7 @@ def _open_pruned(args: argparse.Namespace) -> tuple[Any, Any]:
     from search.driver.storage import load_existing_study
 
     try:
-        return load_existing_study(args.storage, args.run, f"{args.study}:pruned", dir_flag="--run")
+        return load_existing_study(args.storage, args.run_dir, f"{args.study}:pruned", dir_flag=args.run_flag)
     except UsageError as e:
         raise UsageError(f"{e} (channel-pruned models are made by search prune)") from None
 
@@ -78,10 +81,33 @@ def _open_pruned(args: argparse.Namespace) -> tuple[Any, Any]:
 def run_export(args: argparse.Namespace) -> int:
     from evaluators.extras import MissingExtraError
 
+    _where(args)
     try:
         return _run_export(args)
     except MissingExtraError as e:  # a missing optional dependency is a setup problem: one line, exit 2
         raise UsageError(str(e)) from None
+
+
+def _where(args: argparse.Namespace) -> None:
+    """The run folder and the destination: ``--out RUN --export-dir DEST`` as the other commands
+    name the run folder; the old ``--run RUN [--out DEST]`` still works (and says so once)."""
+    if args.run is not None:
+        if args.export_dir is not None and args.out is not None:
+            raise UsageError(
+                "--run and --out name the same thing with --export-dir: give --out RUN --export-dir DEST"
+            )
+        args.run_dir, args.run_flag = args.run, "--run"
+        args.dest = args.export_dir or args.out or "runs/export"
+        err_console().print(
+            "search export: --run is the old spelling; use --out RUN --export-dir DEST as search run and "
+            "search report do",
+            soft_wrap=True,
+            markup=False,
+            highlight=False,
+        )
+        return
+    args.run_dir, args.run_flag = args.out or "runs/search", "--out"
+    args.dest = args.export_dir or "runs/export"
 
 
 def _run_export(args: argparse.Namespace) -> int:
@@ -122,7 +148,7 @@ def _run_export(args: argparse.Namespace) -> int:
         chosen = [find_trial(study, args.trial)]
     else:
         chosen = pick_trials(study.get_trials(deepcopy=False), args.pick)
-    out = Path(args.out)
+    out = Path(args.dest)
     many = args.pick == "pareto"
     targets = [
         (t, out / f"trial-{t.number}-{t.user_attrs.get('arch_id', 'model')}" if many else out) for t in chosen

@@ -41,7 +41,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert r.returncode == 0, r.stdout + r.stderr
     exp = root / "exp"
     r = _search(
-        "export", "--run", str(out), "--study", "t", "--pick", "pareto", "--out", str(exp),
+        "export", "--out", str(out), "--study", "t", "--pick", "pareto", "--export-dir", str(exp),
         "--latency-repeats", "3", "--latency-warmup", "1",
     )  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
@@ -137,7 +137,17 @@ def test_single_pick_and_usage_errors(
     study = optuna.load_study(study_name="t", storage=run["url"])
     best = max(study.trials, key=lambda t: t.user_attrs["netscore"])
     dest = tmp_path / "best"
-    args = ["export", "--run", str(run["out"]), "--study", "t", "--out", str(dest), "--format", "onnx,json"]
+    args = [
+        "export",
+        "--out",
+        str(run["out"]),
+        "--study",
+        "t",
+        "--export-dir",
+        str(dest),
+        "--format",
+        "onnx,json",
+    ]
     assert main([*args, "--pick", "best-netscore", "--latency-repeats", "0"]) == 0
     card = json.loads((dest / "model.json").read_text())
     assert card["trial"] == best.number and card["latency"] is None
@@ -152,9 +162,26 @@ def test_single_pick_and_usage_errors(
 
     assert "already exist" in error(*args, "--trial", str(best.number))  # the destination exists
     assert "no trial 99" in error(*args, "--trial", "99", "--overwrite")
-    assert "no study database" in error("export", "--run", str(tmp_path / "nothing"), "--pick", "pareto")
+    assert "no study database" in error("export", "--out", str(tmp_path / "nothing"), "--pick", "pareto")
     assert "tflite" in error(*args, "--pick", "pareto", "--format", "onnx,tflite")
-    assert "no study named 'x'" in error("export", "--run", str(run["out"]), "--study", "x", "--trial", "0")
+    assert "no study named 'x'" in error("export", "--out", str(run["out"]), "--study", "x", "--trial", "0")
+
+
+def test_the_old_spelling_run_and_out_still_exports_and_says_so(
+    run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--out`` names the run folder as in search run and search report; ``--run RUN --out DEST``
+    (what scripts of earlier versions say) still means what it meant."""
+    from search.cli import main
+
+    dest = tmp_path / "old"
+    old = ["export", "--run", str(run["out"]), "--study", "t", "--out", str(dest), "--format", "json"]
+    assert main([*old, "--pick", "best-netscore", "--latency-repeats", "0"]) == 0
+    assert (dest / "model.json").is_file()
+    assert "--run is the old spelling" in capsys.readouterr().err
+    both = ["export", "--run", str(run["out"]), "--out", str(dest), "--export-dir", str(dest)]
+    assert main([*both, "--pick", "best-netscore"]) == 2
+    assert "give --out RUN --export-dir DEST" in capsys.readouterr().err
 
 
 def test_failed_parity_leaves_no_folder(run: dict[str, Any], tmp_path: Path) -> None:

@@ -190,7 +190,7 @@ def test_export_a_trained_baseline(tmp_path: Path, capsys: pytest.CaptureFixture
     study.tell(trial, [50.0, float(prof.params), float(prof.macs)])
 
     out = tmp_path / "exp"
-    base = ["export", "--run", config.out, "--study", "t", "--out", str(out), "--latency-repeats", "1"]
+    base = ["export", "--out", config.out, "--study", "t", "--export-dir", str(out), "--latency-repeats", "1"]
     assert main([*base, "--baseline", "squeezenet1_1"]) == 0
     card = json.loads((out / "model.json").read_text())
     assert card["kind"] == "baseline" and card["name"] == "SqueezeNet 1.1"

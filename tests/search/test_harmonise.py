@@ -94,7 +94,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         == 0
     )
     exp = root / "exp"
-    args = ["export", "--run", str(out), "--study", "h", "--pick", "best-netscore", "--out", str(exp)]
+    args = ["export", "--out", str(out), "--study", "h", "--pick", "best-netscore", "--export-dir", str(exp)]
     assert main([*args, "--latency-repeats", "0"]) == 0
     study = optuna.load_study(study_name="h", storage=f"sqlite:///{out / 'study.db'}")
     yield {"folder": exp, "trial": study.trials[0]}

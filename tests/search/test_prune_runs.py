@@ -118,7 +118,7 @@ def test_ct_l_pruned_to_the_ct_s_budget_is_stored_like_a_search_trial(tmp_path: 
 
     # `search export --pruned N` exports it (no need to know the ':pruned' companion study)
     dest = tmp_path / "exported"
-    export = ["--quiet", "export", "--run", str(tmp_path), "--study", "s", "--pruned", str(trial.number)]
+    export = ["--quiet", "export", "--out", str(tmp_path), "--study", "s", "--pruned", str(trial.number)]
     assert main([*export, "--out", str(dest), "--format", "pt,json", "--latency-repeats", "0"]) == 0
     card = json.loads((dest / "model.json").read_text())
     assert card["arch_id"] == a["arch_id"] and (dest / "weights.pt").is_file()
