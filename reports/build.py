@@ -233,8 +233,8 @@ def _tables(
     baselines = collection.frame[collection.frame["measured"] & (collection.frame["kind"] == KIND_BASELINE)]
     tables: list[Table] = [
         table3(rows, size, {k: collection.majority_rate(k) for k in ("val", "test")}),
-        per_class_table(rows, split, ("sensitivity", "ppv"), 4),
-        per_class_table(rows, split, ("specificity", "npv"), 5),
+        per_class_table(rows, split, ("sensitivity", "ppv"), 4, collection.class_names),
+        per_class_table(rows, split, ("specificity", "npv"), 5, collection.class_names),
         tradeoff_table(baselines, candidates),
     ]
     held_out = held_out_table(rows)

@@ -160,6 +160,15 @@ class Collection:
         rates = (attrs.get("data") or {}).get("majority_rate") or {}
         return _float(rates.get(split))
 
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The classes' display names the search's data gave (its ``classes.txt``), else COVIDx
+        CT's (the stored metrics keep COVIDx CT's names as keys)."""
+        from evaluators.data.classes import CLASS_NAMES
+
+        names = (self.study_attrs.get("data") or {}).get("class_names")
+        return tuple(names) if names and len(names) == len(CLASS_NAMES) else CLASS_NAMES
+
     def counts(self) -> dict[str, int]:
         """Trials of the search study by status (running and waiting ones included)."""
         out = dict.fromkeys(STATUSES, 0)

@@ -296,21 +296,33 @@ def significance(candidate: pd.Series, baseline: pd.Series) -> str:
     return "no: intervals overlap" if c.overlaps(b) else "yes"
 
 
-def per_class_table(rows: pd.DataFrame, split: str, which: tuple[str, str], number: int) -> Table:
-    """Per-class metrics (Table 4: sensitivity and PPV; Table 5: specificity and NPV)."""
+def per_class_table(
+    rows: pd.DataFrame,
+    split: str,
+    which: tuple[str, str],
+    number: int,
+    display: Sequence[str] = CLASS_NAMES,
+) -> Table:
+    """Per-class metrics (Table 4: sensitivity and PPV; Table 5: specificity and NPV); the columns
+    name the classes as ``display`` does (the data's ``classes.txt``), in label order."""
     names = {"sensitivity": "sensitivity", "ppv": "PPV", "specificity": "specificity", "npv": "NPV"}
+    shown = dict(zip(CLASS_NAMES, display))
     cols = _model_columns()
     for metric in which:
         for cls in CLASS_NAMES:
             fmt = "ci" if (metric == "sensitivity" and cls == COVID) else "pct"
-            cols.append(Column(f"{metric}:{cls}", f"{names[metric]} {cls} (%)", fmt))
+            cols.append(Column(f"{metric}:{cls}", f"{names[metric]} {shown.get(cls, cls)} (%)", fmt))
     title = " and ".join(names[m] for m in which)
     t = Table(
         f"table{number}",
         f"Table {number}: per-class {title} on the {split} split",
         "Percent, one class against the rest; n/a where undefined (a class with no images, in all four "
         "metrics, or a class never predicted)."
-        + (" COVID-19 sensitivity with its 95 % bootstrap interval." if "sensitivity" in which else ""),
+        + (
+            f" {shown.get(COVID, COVID)} sensitivity with its 95 % bootstrap interval."
+            if "sensitivity" in which
+            else ""
+        ),
         cols,
     )
     for _, r in rows.iterrows():

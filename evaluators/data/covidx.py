@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from evaluators.data.classes import CLASS_NAMES, NUM_CLASSES
+from evaluators.data.classes import CLASS_NAMES, CLASSES_FILE, NUM_CLASSES
 from space.errors import UserInputError
 
 SPLITS = ("train", "val", "test")
@@ -70,6 +70,8 @@ class CTDataset:
         split_hash: SHA-256 over the label-file contents of all sources (provenance).
         dirs: the data folder of each source.
         label_files: per source, per split, the label file read.
+        class_names: the classes' names for display, in label order: the data folders'
+            ``classes.txt`` where they have one (they must agree), else COVIDx CT's.
     """
 
     splits: dict[str, tuple[Sample, ...]]
@@ -78,6 +80,7 @@ class CTDataset:
     split_hash: str = ""
     dirs: tuple[Path, ...] = ()
     label_files: dict[str, dict[str, Path]] = field(default_factory=dict)
+    class_names: tuple[str, ...] = CLASS_NAMES
 
     def split(self, name: str) -> tuple[Sample, ...]:
         """The samples of split ``name`` (a ``DatasetError`` naming the loaded ones otherwise)."""
@@ -104,7 +107,7 @@ class CTDataset:
                 for name, d in zip(self.sources, self.dirs)
             },
             "counts": {sp: list(self.class_counts(sp)) for sp in self.splits},
-            "class_names": list(CLASS_NAMES),
+            "class_names": list(self.class_names),
             "split_hash": self.split_hash,
             "skipped": list(self.skipped),
         }
@@ -399,6 +402,7 @@ def load_dataset(
         for name, (shown, folder, files, variant) in zip(names, found)
     ]
 
+    class_names = _class_names([src.dir for src in sources], [src.shown_dir for src in sources])
     problems: list[tuple[int, int, int, str]] = []  # (source, split, line, message)
     out: dict[str, list[Sample]] = {s: [] for s in splits}
     digest = hashlib.sha256()
@@ -421,7 +425,53 @@ def load_dataset(
         split_hash=digest.hexdigest(),
         dirs=tuple(src.dir for src in sources),
         label_files={src.name: dict(src.label_files) for src in sources},
+        class_names=class_names,
     )
+
+
+def read_class_names(folder: str | Path, shown: str | Path | None = None) -> tuple[str, ...] | None:
+    """The class names of a data folder's ``classes.txt`` (one per line, in label order), or
+    ``None`` where it has none.
+
+    Raises:
+        DatasetError: naming the file (and line): not UTF-8, not exactly one name per class, a
+            name given twice.
+    """
+    path = Path(folder) / CLASSES_FILE
+    where = Path(shown if shown is not None else folder) / CLASSES_FILE
+    if not path.is_file():
+        return None
+    try:
+        lines = path.read_bytes().decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{where}: not UTF-8 text ({e.reason})") from None
+    names = []
+    for n, line in enumerate(lines, start=1):
+        name = " ".join(line.split())
+        if not name:
+            continue
+        if name in names:
+            raise DatasetError(f"{where} line {n}: {name!r} names two classes; each class needs its own name")
+        names.append(name)
+    if len(names) != NUM_CLASSES:
+        raise DatasetError(
+            f"{where}: expected {NUM_CLASSES} class names, one per line in label order "
+            f"(0, 1, 2; e.g. {', '.join(CLASS_NAMES)}), got {len(names)}"
+        )
+    return tuple(names)
+
+
+def _class_names(dirs: Sequence[Path], shown: Sequence[Path]) -> tuple[str, ...]:
+    """The sources' class names for display: their ``classes.txt`` (all that have one must
+    agree), else COVIDx CT's names."""
+    found = [(s, n) for d, s in zip(dirs, shown) if (n := read_class_names(d, s)) is not None]
+    for s, n in found[1:]:
+        if n != found[0][1]:
+            raise DatasetError(
+                f"{s / CLASSES_FILE} names the classes {', '.join(n)} but {found[0][0] / CLASSES_FILE} "
+                f"names them {', '.join(found[0][1])}: sources trained together must name them alike"
+            )
+    return found[0][1] if found else CLASS_NAMES
 
 
 def _load_source(

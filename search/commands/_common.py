@@ -4,6 +4,7 @@ tables, and the setup of commands that train beside a search (baselines, prune).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,8 +135,9 @@ def fmt_ci(ci: Any) -> str:
     return "" if not ci else f"({ci[0]:.1f}-{ci[1]:.1f})"
 
 
-def print_metrics(result: Any, title: str) -> None:
-    """Overall and per-source summary rows, then the per-class table and confusion matrix."""
+def print_metrics(result: Any, title: str, names: Sequence[str] | None = None) -> None:
+    """Overall and per-source summary rows, then the per-class table and confusion matrix (classes
+    shown as ``names``, the data's ``classes.txt`` names, where given)."""
     covid = result.class_names[2] if len(result.class_names) > 2 else None
     rows = []
     for name, r in [("all", result), *result.per_source.items()]:
@@ -166,11 +168,11 @@ def print_metrics(result: Any, title: str) -> None:
         "per class (all sources; n/a: undefined, e.g. a class with no images)",
         ["class", "support", "sensitivity %", "PPV %", "specificity %", "NPV %", "F1 %"],
         [
-            [m.name, m.support, fmt(m.sensitivity), fmt(m.ppv), fmt(m.specificity), fmt(m.npv), fmt(m.f1)]
-            for m in result.per_class.values()
+            [shown, m.support, fmt(m.sensitivity), fmt(m.ppv), fmt(m.specificity), fmt(m.npv), fmt(m.f1)]
+            for shown, m in zip(names or list(result.per_class), result.per_class.values())
         ],
     )
-    names = list(result.class_names)
+    names = list(names or result.class_names)
     print_table(
         "confusion matrix (rows: true class, columns: predicted)",
         ["true \\ predicted", *names],

@@ -117,7 +117,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print_metrics(
-            result, f"{spec.name or spec.arch_id} on {args.split} ({', '.join(dataset.sources)}), {size} px"
+            result,
+            f"{spec.name or spec.arch_id} on {args.split} ({', '.join(dataset.sources)}), {size} px",
+            dataset.class_names,
         )
         console().print(f"weights {weights}   arch_id {spec.arch_id}")
     return 0
@@ -148,7 +150,9 @@ def _evaluate_exported(args: argparse.Namespace) -> int:
     else:
         name = card.get("name") or card.get("arch_id") or Path(args.model).name
         sources = ", ".join(dataset.sources)
-        print_metrics(result, f"{name} on {args.split} ({sources}), {classifier.image_size} px")
+        print_metrics(
+            result, f"{name} on {args.split} ({sources}), {classifier.image_size} px", classifier.class_names
+        )
         console().print(f"model {classifier.source} ({classifier.runtime})", markup=False)
         if classifier.harmonise != "none":
             console().print(f"harmonisation {classifier.harmonise} (from the export)", markup=False)

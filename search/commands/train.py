@@ -180,7 +180,11 @@ def run_train(args: argparse.Namespace) -> int:
     final = result.test if result.test is not None else result.val
     split = "test" if result.test is not None else "val"
     if final is not None:
-        print_metrics(final, f"{label} on {split}, best epoch {result.best_epoch} of {result.epochs_run}")
+        print_metrics(
+            final,
+            f"{label} on {split}, best epoch {result.best_epoch} of {result.epochs_run}",
+            dataset.class_names,
+        )
     if result.reason:
         console().print(result.reason)
     console().print(
@@ -308,7 +312,7 @@ def _train_runs(
     if args.json:
         print(json.dumps(metrics, indent=2))
         return 0
-    _print_runs(label, result, cv, grouping, out, metrics["wall_time_s"])
+    _print_runs(label, result, cv, grouping, out, metrics["wall_time_s"], dataset.class_names)
     return 0
 
 
@@ -337,7 +341,9 @@ def _announce_runs(
     )
 
 
-def _print_runs(label: str, result: Any, cv: Any, grouping: Any, out: Path, seconds: float) -> None:
+def _print_runs(
+    label: str, result: Any, cv: Any, grouping: Any, out: Path, seconds: float, names: Any = None
+) -> None:
     """Every run's accuracy, the summary with its interval, the metrics and what was written."""
     r0 = result.runs[0]
     rows = [
@@ -369,10 +375,12 @@ def _print_runs(label: str, result: Any, cv: Any, grouping: Any, out: Path, seco
         )
     console().print(f"val accuracy {describe(result.accuracy)}")
     if result.test is not None:
-        print_metrics(result.test, f"{label} on test, run 1's weights (seed {r0['seed']})")
+        print_metrics(result.test, f"{label} on test, run 1's weights (seed {r0['seed']})", names)
     else:
         print_metrics(
-            result.val, f"{label} on val: out-of-fold predictions of all {len(result.runs)} runs pooled"
+            result.val,
+            f"{label} on val: out-of-fold predictions of all {len(result.runs)} runs pooled",
+            names,
         )
     if grouping is not None and grouping.warning:
         console().print(f"warning: {grouping.warning}", markup=False)

@@ -88,6 +88,7 @@ class TrainingEvaluator:
             "data_sizes": {k: len(v) for k, v in self.dataset.splits.items()},
             "majority_rate": majority_rates(self.dataset),
             "skipped": list(self.dataset.skipped),  # --skip-bad: what was left out, line by line
+            "class_names": list(self.dataset.class_names),  # for display: tables, plots, exports
         }
 
     @property

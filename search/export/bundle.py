@@ -158,6 +158,17 @@ def write_atomically(out: Path, writer: Callable[[Path], T], *, overwrite: bool 
     return write_folder_atomically(out, writer)
 
 
+def class_names_of(study: optuna.Study, trial: FrozenTrial | None = None) -> tuple[str, ...]:
+    """The class names the training data gave (its ``classes.txt``; stored with each trial and
+    with the study's data), else COVIDx CT's: what an export's predictions are called."""
+    from evaluators.data.classes import CLASS_NAMES
+
+    names = (trial.user_attrs.get("class_names") if trial is not None else None) or (
+        study.user_attrs.get("data") or {}
+    ).get("class_names")
+    return tuple(names) if names and len(names) == len(CLASS_NAMES) else CLASS_NAMES
+
+
 def export_trial(
     study: optuna.Study,
     trial: FrozenTrial,
@@ -183,8 +194,6 @@ def export_trial(
     Raises:
         ExportFailed: the ONNX checker or the parity check failed (nothing is written).
     """
-    from evaluators.data.classes import CLASS_NAMES
-
     options = options or ExportOptions()
     started = time.time()
     model = load_trial_model(study, trial, artifacts)
@@ -192,7 +201,12 @@ def export_trial(
     channels = input_channels(model)
     input_size = (channels, size, size)
     card = model_card(
-        study, trial, description_of(trial), image_size=size, channels=channels, class_names=CLASS_NAMES
+        study,
+        trial,
+        description_of(trial),
+        image_size=size,
+        channels=channels,
+        class_names=class_names_of(study, trial),
     )
     with_onnx = "onnx" in options.formats
     if with_onnx and (images is None or images.ndim != 4 or tuple(images.shape[1:]) != input_size):
@@ -233,11 +247,11 @@ def _write_onnx(
     images_source: str,
 ) -> None:
     """``model.onnx`` with its metadata, checked against PyTorch on ``images`` (``ExportFailed``)."""
-    from evaluators.data.classes import CLASS_NAMES
-
     meta = {
         "image_size": str(input_size[1]),
-        "class_names": json.dumps(list(CLASS_NAMES)),
+        "class_names": json.dumps(
+            list((card.get("input") or {}).get("class_names") or class_names_of(study))
+        ),
         "arch_id": str(card["arch_id"]),
         "study": study.study_name,
         "trial": str(trial.number),

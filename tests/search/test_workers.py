@@ -140,7 +140,22 @@ def test_a_worker_killed_mid_trial_is_failed_and_retried(tmp_path: Path, kind: s
         "2",
     ]
     # A resume must train as the study did (other settings are refused), so both runs use these.
-    slow = ["--epochs", "4", "--image-size", "32", "--complexity-size", "64", "--batch-size", "8", "--quiet"]
+    # --prune-warmup 4: no trial is stopped early (a stopped trial is not COMPLETE, which this counts)
+    slow = [
+        *[
+            "--epochs",
+            "4",
+            "--image-size",
+            "32",
+            "--complexity-size",
+            "64",
+            "--batch-size",
+            "8",
+            "--prune-warmup",
+            "4",
+            "--quiet",
+        ]
+    ]
     worker = _popen(*args, *slow)
     if kind == "sqlite":
         storage: Any = optuna.storages.RDBStorage(url)

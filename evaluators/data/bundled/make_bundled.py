@@ -94,6 +94,8 @@ def main() -> None:
             )
     for split in SPLITS:
         (out / f"{split}.txt").write_text("".join(line + "\n" for line in lines[split]))
+    # class 0 of CT-SARS is "non-COVID" (patients with other lung diseases), not "Normal"
+    (out / "classes.txt").write_text("non-COVID\nPneumonia\nCOVID-19\n")
     with (out / "groups.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(kept[0]))
         writer.writeheader()
