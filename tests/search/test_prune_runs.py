@@ -119,10 +119,10 @@ def test_ct_l_pruned_to_the_ct_s_budget_is_stored_like_a_search_trial(tmp_path: 
     # `search export --pruned N` exports it (no need to know the ':pruned' companion study)
     dest = tmp_path / "exported"
     export = ["--quiet", "export", "--out", str(tmp_path), "--study", "s", "--pruned", str(trial.number)]
-    assert main([*export, "--out", str(dest), "--format", "pt,json", "--latency-repeats", "0"]) == 0
+    assert main([*export, "--export-dir", str(dest), "--format", "pt,json", "--latency-repeats", "0"]) == 0
     card = json.loads((dest / "model.json").read_text())
     assert card["arch_id"] == a["arch_id"] and (dest / "weights.pt").is_file()
-    assert main([*export, "--out", str(dest), "--format", "json", "--latency-repeats", "0"]) == 2
+    assert main([*export, "--export-dir", str(dest), "--format", "json", "--latency-repeats", "0"]) == 2
     assert f"{dest} already exists;" in capsys.readouterr().err
 
 
