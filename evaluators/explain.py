@@ -244,6 +244,7 @@ class ImageAttribution:
     method: str
     heatmap: np.ndarray = field(repr=False, compare=False)
     image: np.ndarray = field(repr=False, compare=False)
+    class_names: tuple[str, ...] = field(default=CLASS_NAMES, repr=False, compare=False)
 
     @property
     def mostly_outside(self) -> bool:
@@ -254,9 +255,9 @@ class ImageAttribution:
             "name": self.name,
             "path": self.path,
             "label": self.label,
-            "label_name": None if self.label is None else _class_name(self.label),
+            "label_name": None if self.label is None else _class_name(self.label, self.class_names),
             "predicted": self.predicted,
-            "predicted_name": _class_name(self.predicted),
+            "predicted_name": _class_name(self.predicted, self.class_names),
             "probability": self.probability,
             "correct": None if self.label is None else self.label == self.predicted,
             "box": list(self.box),
@@ -268,8 +269,9 @@ class ImageAttribution:
         }
 
 
-def _class_name(index: int) -> str:
-    return CLASS_NAMES[index] if 0 <= index < len(CLASS_NAMES) else f"class {index}"
+def _class_name(index: int, names: Sequence[str] = CLASS_NAMES) -> str:
+    """A class's display name (the data's ``classes.txt`` names, where the model records them)."""
+    return names[index] if 0 <= index < len(names) else f"class {index}"
 
 
 @dataclass(frozen=True)
@@ -359,9 +361,9 @@ def summarize(
         {
             "name": r.name,
             "share_inside": r.share_inside,
-            "predicted_name": _class_name(r.predicted),
+            "predicted_name": _class_name(r.predicted, r.class_names),
             "probability": r.probability,
-            "label_name": None if r.label is None else _class_name(r.label),
+            "label_name": None if r.label is None else _class_name(r.label, r.class_names),
         }
         for r in order_most_outside(results)[:keep]
     ]
@@ -390,6 +392,7 @@ def explain_images(
     steps: int = IG_STEPS,
     device: str | torch.device = "cpu",
     on_image: Callable[[ImageAttribution], None] | None = None,
+    class_names: Sequence[str] = CLASS_NAMES,
 ) -> list[ImageAttribution]:
     """Explain each slice's predicted class and measure the share of attribution inside its box.
 
@@ -402,6 +405,7 @@ def explain_images(
         steps: integration steps of integrated gradients.
         device: where the model runs.
         on_image: called after each image (progress).
+        class_names: the classes' display names (the training data's ``classes.txt``).
     """
     if method not in METHODS:
         raise ExplainError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -440,6 +444,7 @@ def explain_images(
             method=method,
             heatmap=heat,
             image=gray,
+            class_names=tuple(class_names),
         )
         results.append(result)
         if on_image is not None:

@@ -26,10 +26,10 @@ GRID_DPI = 110
 METHOD_NAMES = {"gradcam": "Grad-CAM", "integrated-gradients": "integrated gradients"}
 
 
-def _name(index: int | None) -> str:
+def _name(index: int | None, names: Sequence[str] = CLASS_NAMES) -> str:
     if index is None:
         return "?"
-    return CLASS_NAMES[index] if 0 <= index < len(CLASS_NAMES) else f"class {index}"
+    return names[index] if 0 <= index < len(names) else f"class {index}"
 
 
 def heatmap_on_image(result: ImageAttribution) -> np.ndarray:
@@ -60,10 +60,11 @@ def _panel(ax: Any, result: ImageAttribution) -> Any:
     x0, y0, x1, y1 = result.box
     ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="cyan", lw=1.0, ls="--"))
     share = "n/a" if result.share_inside is None else f"{100 * result.share_inside:.0f} %"
-    truth = "" if result.label is None else f" (true {_name(result.label)})"
+    truth = "" if result.label is None else f" (true {_name(result.label, result.class_names)})"
     flagged = result.mostly_outside
+    predicted = _name(result.predicted, result.class_names)
     ax.set_title(
-        f"{_name(result.predicted)} {result.probability:.2f}{truth}\ninside body: {share}",
+        f"{predicted} {result.probability:.2f}{truth}\ninside body: {share}",
         color="#b00020" if flagged else "black",
         fontsize=8,
     )

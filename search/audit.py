@@ -25,6 +25,7 @@ import optuna
 from optuna.trial import FrozenTrial
 from torch import nn
 
+from evaluators.data.classes import CLASS_NAMES
 from search.errors import UsageError
 
 ATTR = "explain_summary"
@@ -41,6 +42,7 @@ class LoadedModel:
         image_size: the side it was trained at.
         name: what to call it (``trial 3 (a1b2c3d4e5)``, or the export folder).
         data_dirs: the data it was trained on, where recorded (for ``--split`` without ``--data``).
+        class_names: the classes' display names its data gave (``classes.txt``), else COVIDx CT's.
     """
 
     model: nn.Module
@@ -48,6 +50,7 @@ class LoadedModel:
     image_size: int
     name: str
     data_dirs: list[str] | None = None
+    class_names: tuple[str, ...] = CLASS_NAMES
 
 
 def study_attr_key(trial: FrozenTrial) -> str:
@@ -96,7 +99,10 @@ def load_exported(folder: str | Path, image_size: int | None = None) -> LoadedMo
     if not size:
         raise UsageError(f"no model.json in {path} says the input size; pass --image-size N")
     data_dirs = (card.get("data") or {}).get("data_dirs") or None
-    return LoadedModel(model.eval(), _layer(model, description), _size(size, str(path)), str(path), data_dirs)
+    names = tuple((card.get("input") or {}).get("class_names") or CLASS_NAMES)
+    return LoadedModel(
+        model.eval(), _layer(model, description), _size(size, str(path)), str(path), data_dirs, names
+    )
 
 
 def load_trial(
@@ -109,7 +115,10 @@ def load_trial(
     size = image_size or image_size_of(study, trial)
     data_dirs = (study.user_attrs.get("run_config") or {}).get("data") or None
     name = f"trial {trial.number} ({trial.user_attrs.get('arch_id', '?')})"
-    return LoadedModel(model, _layer(model, description_of(trial)), _size(size, name), name, data_dirs)
+    from search.export.bundle import class_names_of
+
+    names = class_names_of(study, trial)
+    return LoadedModel(model, _layer(model, description_of(trial)), _size(size, name), name, data_dirs, names)
 
 
 def split_inputs(data: Sequence[str | Path] | None, split: str, n: int | None) -> tuple[list[Any], str]:
@@ -168,6 +177,7 @@ def run_explain(
         steps=steps or IG_STEPS,
         device=dev,
         on_image=on_image,
+        class_names=loaded.class_names,
     )
     return results, summarize(results, loaded.image_size, source)
 

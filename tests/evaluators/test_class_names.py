@@ -63,3 +63,23 @@ def test_the_report_tables_name_the_classes_as_the_data_does(tmp_path: Path) -> 
     assert any("non-COVID" in c for c in header4) and not any("Normal" in c for c in header4)
     assert "non-COVID" in (tmp_path / "r" / "table5.md").read_text()
     optuna.delete_study(study_name="s", storage=url)
+
+
+def test_the_explainability_audit_names_the_classes_as_the_data_does(tmp_path: Path) -> None:
+    import torch
+
+    from evaluators.explain import ExplainInput, explain_images, summarize
+    from space import build
+    from tests.evaluators.explain_cases import BOX, SIZE, make_slices, tiny_spec, write_slices
+
+    images, labels = make_slices(2, marked=True, seed=0)
+    paths = write_slices(tmp_path, images, labels)
+    torch.manual_seed(0)
+    names = ("non-COVID", "Pneumonia", "COVID-19")
+    inputs = [ExplainInput(p.name, p, BOX, label=int(k)) for p, k in zip(paths, labels)]
+    results = explain_images(build(tiny_spec(), 3), inputs, image_size=SIZE, class_names=names)
+    for r in results:
+        d = r.to_dict()
+        assert d["predicted_name"] == names[r.predicted] and d["label_name"] == names[r.label]
+    listed = summarize(results, SIZE).to_dict()["images"]
+    assert {x["label_name"] for x in listed} <= set(names) and "Normal" not in str(listed)
