@@ -49,6 +49,14 @@ def _truncated(scans: Path) -> str:
     return f"{path}: unreadable DICOM file: truncated or damaged"
 
 
+def _truncated_in_pixels(scans: Path) -> str:
+    # cut inside the pixel data: the header is whole, so only the element's length against the
+    # file tells (found at the header check, before any pixel of any scan is read)
+    path = write_series(scans / "B", 2)[0]
+    path.write_bytes(path.read_bytes()[:-2000])
+    return f"{path}: unreadable DICOM file: truncated inside its pixel data ("
+
+
 def _not_dicom(scans: Path) -> str:
     write_series(scans / "B", 2)
     (scans / "B" / "scanner-notes").write_text("operator notes, no DICOM here\n" * 20)
@@ -150,6 +158,7 @@ B = "B,normal\n"
 # name -> (what makes the input bad, the label rows beyond GOOD_LABELS)
 CASES: dict[str, tuple[Callable[[Path], str], str]] = {
     "truncated DICOM": (_truncated, B),
+    "DICOM truncated inside its pixel data": (_truncated_in_pixels, B),
     "not DICOM": (_not_dicom, B),
     "DICOM without an image": (_no_image, B),
     "missing rescale tag": (_no_rescale, B),
@@ -207,16 +216,19 @@ def test_all_bad_inputs_are_listed_at_once(tmp_path: Path) -> None:
     assert "line 7: patient 'P09' has no scan; did you mean 'P9'?" in str(e.value)
 
 
-def test_undecodable_pixel_data_is_named_when_read(tmp_path: Path) -> None:
+def test_pixel_data_cut_short_is_named_at_the_header_check(tmp_path: Path) -> None:
     scans = tmp_path / "scans"
     _good(scans)
     path = write_series(scans / "B", 2)[1]
     path.write_bytes(CT_SMALL.read_bytes()[:30000])  # the header is whole, the pixel data cut short
     write_labels(tmp_path / "labels.csv", GOOD_LABELS + "B,normal")
     config = PrepareConfig(scans=scans, labels=tmp_path / "labels.csv", out=tmp_path / "out")
-    with pytest.raises(PrepareError, match="cannot decode the pixel data") as e:
+    # found from the element's length before any pixel is read (it used to surface mid-way)
+    with pytest.raises(
+        PrepareError, match=r"truncated inside its pixel data \([\d,]+ of its 32,768 bytes\)"
+    ) as e:
         prepare_dataset(config)
-    assert str(e.value).startswith(f"{path}: ") and "pass --skip-bad" in str(e.value)
+    assert str(e.value).startswith("1 bad input (pass --skip-bad") and f"{path}: " in str(e.value)
     assert not config.out.exists() and not list(tmp_path.glob(".out.*"))
     summary = prepare_dataset(PrepareConfig(**{**config.__dict__, "skip_bad": True}))
     assert [s.item for s in summary.skipped] == [str(path)]

@@ -273,6 +273,9 @@ def _read_header(path: Path) -> _SliceHeader | BadItem:
             )
         kind = getattr(ds.SOPClassUID, "name", None) or ds.SOPClassUID
         return BadItem(str(path), f"a DICOM file without an image ({kind})")
+    short = _pixel_data_short(path, ds)
+    if short:
+        return BadItem(str(path), f"unreadable DICOM file: truncated inside its pixel data ({short})")
     missing = [t for t in _RESCALE_TAGS if ds.get(t) is None or ds.get(t) == ""]
     if missing:
         return BadItem(
@@ -297,6 +300,37 @@ def _read_header(path: Path) -> _SliceHeader | BadItem:
         )
     except Exception as e:
         return BadItem(str(path), f"unreadable DICOM header: {' '.join(str(e).split())}")
+
+
+def _pixel_data_short(path: Path, ds: Any) -> str | None:
+    """What is missing of the pixel data, judged from the header alone (no pixel is decoded): the
+    element's declared length against the bytes the file holds after it, and, for uncompressed
+    data, against what rows x columns x samples x frames x bits need. ``None`` where it is whole
+    or cannot be judged (encapsulated, i.e. compressed, data of undefined length)."""
+    try:
+        raw = ds.get_item("PixelData", keep_deferred=True)
+    except TypeError:  # pydicom 2: raw elements are returned as they are
+        raw = ds.get_item("PixelData")
+    length, tell = getattr(raw, "length", None), getattr(raw, "value_tell", None)
+    if length is None or tell is None or length == 0xFFFFFFFF:
+        return None
+    have = path.stat().st_size - tell
+    if have < length:
+        return f"{max(have, 0):,} of its {length:,} bytes"
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and getattr(syntax, "is_compressed", False):
+        return None
+    try:
+        frames = int(ds.get("NumberOfFrames") or 1)
+        need = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1) * frames
+        need *= (int(ds.BitsAllocated) + 7) // 8
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return (
+        f"{length:,} bytes where its {int(ds.Rows)} x {int(ds.Columns)} image needs {need:,}"
+        if length < need
+        else None
+    )
 
 
 def _dicom_scans(root: Path, folder: Path, files: list[Path]) -> tuple[list[Scan], list[BadItem]]:
