@@ -99,3 +99,17 @@ def test_another_storage_error_keeps_its_message(
     assert main(["run"]) == 1
     err = capsys.readouterr().err
     assert "disk is full" not in err and "during the commit" in err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--max-params", "1e400"), ("--max-macs", "inf"), ("--max-macs", "nan")]
+)
+def test_a_budget_that_is_not_a_finite_count_is_one_line(
+    tmp_path: Path, flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--out", str(tmp_path), flag, value])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(lines) == 1 and "Traceback" not in lines[0]
+    assert f"argument {flag}: must be a positive finite count" in lines[0] and value in lines[0]
+    assert not (tmp_path / "study.db").exists()
