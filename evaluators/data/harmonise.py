@@ -32,7 +32,7 @@ import dataclasses
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -103,9 +103,16 @@ def harmonise_arrays(arrays: SplitArrays, method: str) -> SplitArrays:
     returns ``arrays`` itself."""
     if check_method(method) == "none" or len(arrays) == 0:
         return arrays
-    table = luts(arrays.images, method)
+    # Several sources, folds and subsets are index views over the shared maps (``cache.Rows``):
+    # gathered here, since the mapped canvases are a new tensor either way.
+    table = luts(_whole(arrays.images), method)
     exterior = apply(arrays.exterior.view(-1, 1), table).view(-1)
-    return dataclasses.replace(arrays, canvas=apply(arrays.canvas, table), exterior=exterior)
+    return dataclasses.replace(arrays, canvas=apply(_whole(arrays.canvas), table), exterior=exterior)
+
+
+def _whole(x: Any) -> torch.Tensor:
+    """A tensor of every row of ``x`` (a tensor already, or a ``cache.Rows`` view gathered)."""
+    return x if isinstance(x, torch.Tensor) else x[:]
 
 
 def harmonise_pixels(pixels: np.ndarray, method: str) -> np.ndarray:

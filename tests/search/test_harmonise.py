@@ -154,3 +154,28 @@ def test_evaluate_model_reproduces_the_harmonised_training_metrics(
             main(["evaluate", "--model", str(model), "--split", "val", "--json", "--data", str(BUNDLED)]) == 0
         )
         assert json.loads(capsys.readouterr().out) == trial.user_attrs["val_metrics"]
+
+
+@pytest.mark.parametrize("method", [m for m in HARMONISE if m != "none"])
+def test_several_sources_and_subsets_are_harmonised_like_each_alone(tmp_path: Path, method: str) -> None:
+    """Two --data sources are an index view over two memory maps (cache.Rows), not one tensor:
+    each image is still mapped by its own box's table, as it is when its source is alone."""
+    from evaluators.data.cache import concat_arrays, load_arrays
+    from evaluators.data.covidx import load_dataset
+    from evaluators.data.harmonise import harmonise_arrays
+    from tests.evaluators.test_data import lines, write_dataset
+
+    dirs = [
+        write_dataset(
+            tmp_path / name,
+            {"train": lines(4, name), "val": lines(2, name + "v"), "test": lines(2, name + "t")},
+        )
+        for name in ("a", "b")
+    ]
+    cache = tmp_path / "cache"
+    both = load_arrays(load_dataset(dirs), "train", 32, 1, cache)
+    alone = [load_arrays(load_dataset([d]), "train", 32, 1, cache) for d in dirs]
+    pooled = harmonise_arrays(concat_arrays([both, both]).subset([0, 5, 7]), method)
+    by_source = torch.cat([harmonise_arrays(a, method).canvas for a in alone])
+    assert torch.equal(pooled.canvas[:], by_source[[0, 5, 7]])
+    assert torch.equal(harmonise_arrays(both, method).canvas[:], by_source)
