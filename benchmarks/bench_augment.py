@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.bench_protocols import commit
 from evaluators.data.augment import augment_batch, augment_canvas
 from evaluators.data.cache import margin_for
 
@@ -85,11 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
                 f"batched {row['batched_img_s']:9.1f} img/s  ratio {row['ratio']:5.2f}x",
                 flush=True,
             )
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
     out = {
-        "commit": commit,
+        "commit": commit(),
         "device": str(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -162,11 +162,10 @@ def main(argv: list[str] | None = None) -> dict:
         f"peak RSS {c['peak']['VmHWM']:.2f} GB",
         flush=True,
     )
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
+    from benchmarks.bench_protocols import commit  # here, not in the measured children
+
     out = {
-        "commit": commit,
+        "commit": commit(),
         "data": args.data,
         "image_size": args.image_size,
         "cache_bytes": size,

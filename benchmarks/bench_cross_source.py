@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.bench_protocols import commit  # noqa: E402
 from evaluators.data.cache import concat_arrays, load_arrays  # noqa: E402
 from evaluators.data.covidx import load_dataset  # noqa: E402
 from evaluators.data.harmonise import HARMONISE, harmonise_arrays  # noqa: E402
@@ -44,18 +44,6 @@ from evaluators.training import TrainConfig, train  # noqa: E402
 from space import build, get_reference  # noqa: E402
 
 NETWORKS = {"CT S": "ct-s", "CT L": "ct-l"}
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def binary(y: np.ndarray, p: np.ndarray) -> tuple[float, float, float]:

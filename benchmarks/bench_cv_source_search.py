@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.bench_protocols import commit  # noqa: E402
 
 
 def _search(*args: str) -> None:
@@ -92,9 +95,7 @@ def main() -> int:
     work = Path(args.work)
     data = [x for d in args.data for x in ("--data", d)]
     result: dict[str, Any] = {
-        "commit": subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip(),
+        "commit": commit(),
         "settings": vars(args),
     }
     started = time.time()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,6 +21,7 @@ import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_protocols import commit
 from search.driver.study import SearchDriver
 from tests.search.test_driver import ToyEvaluator, _config
 
@@ -32,8 +32,6 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=45)
     a = p.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    git = ["git", "rev-parse", "--short", "HEAD"]
-    commit = subprocess.run(git, capture_output=True, text=True).stdout.strip()
     rows = []
     samplers = (("tpe", {}), ("tpe --tpe-group", {"tpe_group": True}), ("random", {"sampler": "random"}))
     for name, kw in samplers:
@@ -61,7 +59,7 @@ def main() -> None:
             print(" | ".join(f"{k}={v}" for k, v in rows[-1].items()), flush=True)
     out = Path(__file__).parent / "results" / "tpe_group.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"commit": commit, "trials": a.trials, "rows": rows}, indent=2))
+    out.write_text(json.dumps({"commit": commit(), "trials": a.trials, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

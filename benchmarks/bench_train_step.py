@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 import evaluators.data.augment as augment_mod
+from benchmarks.bench_protocols import commit
 from evaluators.data.augment import epoch_batches, make_batch
 from evaluators.data.cache import SplitArrays, margin_for
 from evaluators.training import TrainConfig, _Run
@@ -166,11 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
         med = statistics.median(r)
         rows.append({"setting": name, "img_s": med, "ratio": med / ref, "runs": r})
         print(f"{name:40s} {med:9.1f} img/s   x{med / ref:5.2f}", flush=True)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
     out = {
-        "commit": commit,
+        "commit": commit(),
         "device": args.device,
         "arch": args.arch,
         "size": args.size,

@@ -22,6 +22,10 @@ from pathlib import Path
 
 import optuna
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.bench_protocols import commit
+
 
 def main() -> None:
     p = argparse.ArgumentParser()
@@ -60,10 +64,8 @@ def main() -> None:
     )
     s = optuna.load_study(study_name=study, storage=url)
     after = [t.user_attrs["arch_id"] for t in s.trials if t.state.name == "COMPLETE"]
-    git = ["git", "rev-parse", "--short", "HEAD"]
-    commit = subprocess.run(git, capture_output=True, text=True).stdout.strip()
     row = {
-        "commit": commit,
+        "commit": commit(),
         "storage": a.storage.split("://")[0].split(":")[0],
         "workers": a.workers,
         "trials": a.trials,
