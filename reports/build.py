@@ -36,7 +36,7 @@ from reports.final import FinalStage, final_json, final_plot, final_stage, final
 from reports.pareto import pareto_indices
 from reports.plots import pareto_plot, progress_plot
 from reports.progress import Progress, progress
-from reports.setup import setup, setup_table
+from reports.setup import compute_seconds, setup, setup_table
 from reports.tables import (
     Table,
     footnote,
@@ -113,12 +113,7 @@ def _duration(seconds: float) -> str:
 def summarise(collection: Collection, front: pd.DataFrame, prog: Progress) -> dict[str, Any]:
     search = collection.search
     counts = collection.counts()
-    compute = 0.0
-    for r in search.itertuples():
-        if pd.notna(r.wall_time_s):
-            compute += float(r.wall_time_s)
-        elif pd.notna(r.datetime_start) and pd.notna(r.datetime_complete):
-            compute += (r.datetime_complete - r.datetime_start).total_seconds()
+    compute = compute_seconds(search)
     elapsed = search["elapsed_s"].dropna()
     cands = collection.candidates
     best = cands.loc[cands["netscore"].astype(float).idxmax()]

@@ -30,7 +30,8 @@ STATE_NAMES = {
 }
 
 
-def _seconds(rows: pd.DataFrame) -> float:
+def compute_seconds(rows: pd.DataFrame) -> float:
+    """Training seconds of ``rows``: each trial's stored wall time, else its start-to-end span."""
     total = 0.0
     for r in rows.itertuples():
         if pd.notna(r.wall_time_s):
@@ -50,7 +51,7 @@ def setup(collection: Collection, source: str = "") -> dict[str, Any]:
     device_type = env.get("device_type")
     compute = {}
     for study, rows in collection.frame.groupby("study", sort=False):
-        compute[str(study)] = round(_seconds(rows) / 3600.0, 4)
+        compute[str(study)] = round(compute_seconds(rows) / 3600.0, 4)
     return {
         "study": collection.study,
         "storage": source or None,
