@@ -85,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-size", type=int)
     ap.add_argument("--cache-dir")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cross_source.json"))
+    ap.add_argument(
+        "--append",
+        action="store_true",
+        help="keep the runs already in --out (same settings, other seeds) and train only the missing ones",
+    )
     args = ap.parse_args(argv)
     if len(args.source) != 2:
         ap.error("give exactly two --source folders")
@@ -99,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     names = [Path(s).name for s in args.source]
     data = {n: load_dataset([s]) for n, s in zip(names, args.source)}
     targets = {n: target_arrays(s, base.image_size, args.cache_dir) for n, s in zip(names, args.source)}
-    runs: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = previous_runs(Path(args.out), base) if args.append else []
+    done = {(r["network"], r["train"], r["test"], r["harmonise"], r["seed"]) for r in runs}
     result: dict[str, Any] = {
         "commit": commit(),
         "python": platform.python_version(),
@@ -115,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         for net in networks:
             for src, dst in ((names[0], names[1]), (names[1], names[0])):
                 for method in methods:
+                    if (net, src, dst, method, seed) in done:
+                        continue
                     cfg = dataclasses.replace(base, seed=seed, harmonise=method)
                     seed_everything(seed)
                     model = build(get_reference(NETWORKS[net]), 3)
@@ -138,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                             "balanced_accuracy": ba,
                             "predictions": pred.tolist(),
                             "cpu_seconds": time.process_time() - t0,
+                            "commit": result["commit"],
                         }
                     )
                     print(
@@ -149,9 +158,31 @@ def main(argv: list[str] | None = None) -> int:
                     result["summary"] = summary(runs, targets)
                     result["wall_seconds"] = time.time() - started
                     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-                    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+                    write_result(Path(args.out), result)
     print_table(result["summary"])
     return 0
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    """The result as JSON, one line a run (each run holds thousands of predictions)."""
+    head = json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1)
+    runs = ",\n".join(json.dumps(r) for r in result["runs"])
+    text = f'{head[:-2]},\n "runs": [\n{runs}\n ]\n}}\n'
+    json.loads(text)  # a malformed file would lose the runs of an --append
+    path.write_text(text)
+
+
+def previous_runs(path: Path, base: TrainConfig) -> list[dict[str, Any]]:
+    """The runs of an earlier result at ``path`` (``--append``), refused if trained differently."""
+    if not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    mine = base.to_dict()
+    theirs = {k: v for k, v in old["settings"].items() if k in mine and k not in ("seed", "harmonise")}
+    differ = {k: (v, mine[k]) for k, v in theirs.items() if mine[k] != v}
+    if differ:
+        raise SystemExit(f"--append: {path} was trained with other settings (old, new): {differ}")
+    return list(old["runs"])
 
 
 def summary(runs: list[dict[str, Any]], targets: dict[str, Any]) -> list[dict[str, Any]]:

@@ -119,6 +119,13 @@ def main() -> int:
         "--no-pareto", action="store_true", help="finalise only the top trials, not the Pareto members"
     )
     ap.add_argument("--baselines", default=None, help="passed to search final (default: the four; 'none')")
+    ap.add_argument(
+        "--inherit", action="store_true", help="search run --inherit prototype (issue 16: against from scratch)"
+    )
+    ap.add_argument("--final-epochs", type=int, help="search final --epochs (default: the final protocol's 12)")
+    ap.add_argument(
+        "--final-image-size", type=int, help="search final --image-size (default: the final protocol's 128)"
+    )
     ap.add_argument("--skip-training", action="store_true", help="only read the studies")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "search_to_model.json"))
     args = ap.parse_args()
@@ -129,8 +136,14 @@ def main() -> int:
         fidelity_flags += ["--seed", str(args.seed)]
         if args.keep_curves:
             fidelity_flags += ["--prune-warmup", str(args.epochs)]
+        if args.inherit:
+            fidelity_flags += ["--inherit", "prototype"]
         search("run", "--data", args.data, *where, "--trials", str(args.trials), *fidelity_flags)
         final = ["final", *where, "--top", str(args.top), "--repeats", str(args.repeats)]
+        if args.final_epochs:
+            final += ["--epochs", str(args.final_epochs)]
+        if args.final_image_size:
+            final += ["--image-size", str(args.final_image_size)]
         if not args.no_pareto:
             final += ["--pareto-max-macs", str(ct_s_macs)]
         if args.baselines is not None:
@@ -154,6 +167,7 @@ def main() -> int:
     ct_l, ct_s = by_role["prototype"][0], by_role["reference"][0]
     cands = by_role["candidate"]
     best_ns = max(cands, key=lambda t: t.user_attrs["final_netscore"])
+    most_accurate = max(cands, key=lambda t: t.user_attrs["final_accuracy"])
     as_accurate = [
         t for t in cands if compare(t, ct_l)["difference_ci"] and compare(t, ct_l)["difference_ci"][1] >= 0
     ]
@@ -169,6 +183,9 @@ def main() -> int:
             "trials": len(searched.trials),
             "complete": sum(t.user_attrs.get("status") == "complete" for t in searched.trials),
             "cpu_hours": cpu_hours(searched.trials),
+            "inherited_share": [
+                t.user_attrs.get("inherited_share") for t in searched.trials if t.number > 0
+            ],
         },
         "final": {
             "models": len(rows),
@@ -190,6 +207,7 @@ def main() -> int:
             ],
         },
         "best_netscore_vs_ct_l": compare(best_ns, ct_l),
+        "most_accurate_vs_ct_l": compare(most_accurate, ct_l),
         "smallest_as_accurate_vs_ct_l": compare(smallest_ok, ct_l) if smallest_ok else None,
         "ct_s_vs_ct_l": compare(ct_s, ct_l),
         "fidelity": fid,
@@ -207,7 +225,7 @@ def main() -> int:
             f"{r['final_accuracy']:>6.1f} {ci:>15}"
         )
     print()
-    for key in ("best_netscore_vs_ct_l", "smallest_as_accurate_vs_ct_l", "ct_s_vs_ct_l"):
+    for key in ("best_netscore_vs_ct_l", "most_accurate_vs_ct_l", "smallest_as_accurate_vs_ct_l", "ct_s_vs_ct_l"):
         c = result[key]
         if c is None:
             print(f"{key}: none")
