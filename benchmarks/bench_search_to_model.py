@@ -120,9 +120,9 @@ def main() -> int:
     )
     ap.add_argument("--baselines", default=None, help="passed to search final (default: the four; 'none')")
     ap.add_argument(
-        "--inherit", action="store_true", help="search run --inherit prototype (issue 16: against from scratch)"
+        "--inherit", action="store_true", help="search run --inherit prototype (issue 16: against scratch)"
     )
-    ap.add_argument("--final-epochs", type=int, help="search final --epochs (default: the final protocol's 12)")
+    ap.add_argument("--final-epochs", type=int, help="search final --epochs (default: the protocol's 12)")
     ap.add_argument(
         "--final-image-size", type=int, help="search final --image-size (default: the final protocol's 128)"
     )
@@ -183,9 +183,7 @@ def main() -> int:
             "trials": len(searched.trials),
             "complete": sum(t.user_attrs.get("status") == "complete" for t in searched.trials),
             "cpu_hours": cpu_hours(searched.trials),
-            "inherited_share": [
-                t.user_attrs.get("inherited_share") for t in searched.trials if t.number > 0
-            ],
+            "inherited_share": [t.user_attrs.get("inherited_share") for t in searched.trials if t.number > 0],
         },
         "final": {
             "models": len(rows),
@@ -225,7 +223,8 @@ def main() -> int:
             f"{r['final_accuracy']:>6.1f} {ci:>15}"
         )
     print()
-    for key in ("best_netscore_vs_ct_l", "most_accurate_vs_ct_l", "smallest_as_accurate_vs_ct_l", "ct_s_vs_ct_l"):
+    keys = ("best_netscore_vs_ct_l", "most_accurate_vs_ct_l", "smallest_as_accurate_vs_ct_l", "ct_s_vs_ct_l")
+    for key in keys:
         c = result[key]
         if c is None:
             print(f"{key}: none")
