@@ -49,7 +49,7 @@ class Augmentation:
 
 
 PAPER = Augmentation()
-CHUNK_PIXELS = 1 << 20  # batched augmentation on the CPU: canvas pixels per chunk (cache-sized)
+CHUNK_PIXELS = 1 << 17  # batched augmentation on the CPU: canvas pixels per chunk (cache-sized)
 
 
 def epoch_batches(
@@ -379,25 +379,49 @@ def augment_batch(
         value = torch.zeros_like(value)
         rows = cols = None
         padding = "border"
-    # intensity: (sample + fill) * scale + shift, clipped to the gray levels
-    scale = p.scale.to(dev).view(-1, 1, 1)
-    bias = value.view(-1, 1, 1) * scale + p.shift.to(dev).view(-1, 1, 1)
+    # intensity: (sample + fill) * scale + shift, clipped to the gray levels; sampling is linear,
+    # so the scale is applied to the canvas (with the box mask, one pass) and the rest added after
+    scale = p.scale.to(dev)
+    bias = (value * scale + p.shift.to(dev)).view(-1, 1, 1)
+    if rows is not None:
+        rows = rows * scale.view(-1, 1)
+    # grid = theta @ (x, y) + off: both axes' planes by one broadcast add (N, 2, 1, S) + (N, 2, S, 1)
+    # into contiguous planes, handed to grid_sample as an N x S x S x 2 view (it takes strides);
+    # about 5x cheaper than writing the interleaved grid, on one CPU core at 512 px
+    along_x = theta[:, :, 0].reshape(n, 2, 1, 1) * c.view(1, 1, 1, -1)
+    along_y = theta[:, :, 1].reshape(n, 2, 1, 1) * c.view(1, 1, -1, 1) + off.view(n, 2, 1, 1)
     # on the CPU, chunks of about CHUNK_PIXELS canvas pixels stay in cache; a GPU takes the batch whole
     step = n if dev.type != "cpu" else max(1, CHUNK_PIXELS // (side * side))
-    chunks = []
+    out = torch.empty((n, size, size), device=dev, dtype=torch.float32)
+    planes = torch.empty((min(step, n), 2, size, size), device=dev, dtype=torch.float32)
+    staged = torch.empty((min(step, n), side, side), device=dev, dtype=torch.float32)
+    # images neither cropped differently nor warped (about 1 in 8 under the paper's draws): their box,
+    # flipped where drawn, is the output; on the CPU, one image a chunk at 256 px and up, they skip
+    # the resampling (exactly equal to the reference, which slices them too)
+    same_box = (p.crop.to(dev) == torch.tensor([margin, margin, size, size], device=dev)).all(1)
+    plain = (same_box & ~warped).tolist() if dev.type == "cpu" else [False] * n
+    shift = p.shift.to(dev).view(-1, 1, 1)
     for a in range(0, n, step):
         b = min(n, a + step)
-        src = canvas[a:b].to(torch.float32)
-        if rows is not None:
-            src.sub_(value[a:b].view(-1, 1, 1)).mul_(rows[a:b].unsqueeze(2)).mul_(cols[a:b].unsqueeze(1))
-        # grid = theta @ (x, y) + off: per axis, one broadcast add (N, 1, S) + (N, S, 1)
-        grid = torch.empty((b - a, size, size, 2), device=dev, dtype=torch.float32)
-        for axis in range(2):
-            along_x = theta[a:b, axis, 0, None, None] * c.view(1, 1, -1)
-            along_y = theta[a:b, axis, 1, None, None] * c.view(1, -1, 1) + off[a:b, axis, None, None]
-            torch.add(along_x, along_y, out=grid[..., axis])
+        if all(plain[a:b]):
+            box = canvas[a:b, margin : margin + size, margin : margin + size]
+            flip = p.flip[a:b].to(dev).view(-1, 1, 1)
+            box = torch.where(flip, box.flip(-1), box) if bool(flip.any()) else box
+            torch.mul(box, scale[a:b].view(-1, 1, 1), out=out[a:b]).add_(shift[a:b]).clamp_(0.0, 255.0)
+            continue
+        src = staged[: b - a]
+        if rows is not None:  # (canvas - fill) * scale inside the box, 0 beyond it
+            torch.sub(canvas[a:b], value[a:b].view(-1, 1, 1), out=src)
+            src.mul_(rows[a:b].unsqueeze(2)).mul_(cols[a:b].unsqueeze(1))
+        else:
+            torch.mul(canvas[a:b], scale[a:b].view(-1, 1, 1), out=src)
+        torch.add(along_x[a:b], along_y[a:b], out=planes[: b - a])
         sample = torch.nn.functional.grid_sample(
-            src.unsqueeze(1), grid, mode="bilinear", padding_mode=padding, align_corners=False
+            src.unsqueeze(1),
+            planes[: b - a].permute(0, 2, 3, 1),
+            mode="bilinear",
+            padding_mode=padding,
+            align_corners=False,
         )[:, 0]
-        chunks.append(sample.mul_(scale[a:b]).add_(bias[a:b]).clamp_(0.0, 255.0))
-    return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+        torch.add(sample, bias[a:b], out=out[a:b]).clamp_(0.0, 255.0)
+    return out
