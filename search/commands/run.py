@@ -306,7 +306,10 @@ def _run_workers(args: argparse.Namespace, config: RunConfig, workers: int) -> i
     share = ", ".join(f"w{w}: {n}" for w, n in sorted(by_worker.items()))
     con.print(f"all {workers} workers done; {len(trials)} trials in the study ({share})", soft_wrap=True)
     _print_pareto(pareto_trials(trials))
-    con.print(f"report:  search report --storage {config.storage_url} --study {config.study}", soft_wrap=True)
+    from search.console import invocation
+
+    line = f"report:  {invocation()} report --storage {config.storage_url} --study {config.study}"
+    con.print(line, soft_wrap=True)
     return 0
 
 
@@ -320,8 +323,10 @@ def _summary(driver: Any, config: RunConfig, seconds: float) -> None:
     con = console()
     reused = f", {counts['reused']} reused" if counts["reused"] else ""
     duplicates = f", {counts['duplicate']} repeats drawn again" if counts["duplicate"] else ""
+    totals = " (the study's totals)" if os.environ.get(WORKER_ENV) is not None else ""
+    trained = counts["complete"] - counts["infeasible"] - counts["reused"]
     con.print(
-        f"done in {seconds:.0f} s: {counts['complete'] - counts['infeasible'] - counts['reused']} trained, "
+        f"done in {seconds:.0f} s{totals}: {trained} trained, "
         f"{counts['pruned']} stopped early, "
         f"{counts['infeasible']} over budget, {counts['fail']} failed{reused}{duplicates}"
     )
