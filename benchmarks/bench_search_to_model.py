@@ -122,6 +122,7 @@ def main() -> int:
     ap.add_argument(
         "--inherit", action="store_true", help="search run --inherit prototype (issue 16: against scratch)"
     )
+    ap.add_argument("--artifacts", help="search run --artifacts (a copied study keeps its first store)")
     ap.add_argument("--final-epochs", type=int, help="search final --epochs (default: the protocol's 12)")
     ap.add_argument(
         "--final-image-size", type=int, help="search final --image-size (default: the final protocol's 128)"
@@ -138,6 +139,8 @@ def main() -> int:
             fidelity_flags += ["--prune-warmup", str(args.epochs)]
         if args.inherit:
             fidelity_flags += ["--inherit", "prototype"]
+        if args.artifacts:
+            fidelity_flags += ["--artifacts", args.artifacts]
         search("run", "--data", args.data, *where, "--trials", str(args.trials), *fidelity_flags)
         final = ["final", *where, "--top", str(args.top), "--repeats", str(args.repeats)]
         if args.final_epochs:
