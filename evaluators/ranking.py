@@ -99,7 +99,11 @@ def correlation(
             v = statistic(a[idx], b[idx])
             if v is not None:
                 samples.append(v)
-    ci = (float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5))) if samples else None
+    # a correlation lies in [-1, 1]; Spearman's formula can overshoot by a rounding error
+    ci = None
+    if samples:
+        lo, hi = np.clip(np.percentile(samples, [2.5, 97.5]), -1.0, 1.0)
+        ci = (float(lo), float(hi))
     name = {kendall_tau_b: "kendall_tau_b", spearman_rho: "spearman_rho"}.get(statistic, statistic.__name__)
     return Correlation(name, value, ci, len(a), len(samples))
 
