@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--atol", type=float, default=1e-4, metavar="X", help="parity: absolute tolerance on logits (1e-4)"
     )
     p.add_argument(
-        "--rtol", type=float, default=0.0, metavar="X", help="parity: added tolerance per unit of logit (0)"
+        "--rtol", type=float, default=1e-5, metavar="X", help="parity: tolerance per unit of logit (1e-5)"
     )
     p.add_argument("--latency-repeats", type=int, default=20, metavar="N", help="timed runs (0: no latency)")
     p.add_argument("--latency-warmup", type=int, default=3, metavar="N", help="untimed runs before timing")

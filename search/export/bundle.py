@@ -10,9 +10,9 @@ and its stored weights are loaded; nothing is re-trained. The export writes, int
   configuration, data hash, seed, library versions, ONNX parity and CPU latency).
 
 Before anything is kept, ``onnx.checker`` must pass and ONNX Runtime must match PyTorch on real
-images of the study's data (``PARITY_ATOL`` on the logits, the same predicted classes). Files are
-written into a hidden temporary folder beside the destination and renamed at the end, so a failed
-export leaves no half-written folder.
+images of the study's data (``PARITY_ATOL`` + ``PARITY_RTOL`` x |logit|, the same predicted
+classes). Files are written into a hidden temporary folder beside the destination and renamed at
+the end, so a failed export leaves no half-written folder.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from search.export.load import description_of, image_size_of, load_trial_model
 from search.export.onnx import (
     OPSET,
     PARITY_ATOL,
+    PARITY_RTOL,
     ExportFailed,
     check_parity,
     export_onnx,
@@ -71,7 +72,7 @@ class ExportOptions:
     formats: tuple[str, ...] = FORMATS
     opset: int = OPSET
     atol: float = PARITY_ATOL
-    rtol: float = 0.0
+    rtol: float = PARITY_RTOL
     latency_repeats: int = 20
     latency_warmup: int = 3
     latency_batches: tuple[int, ...] = (1, 8)
