@@ -25,6 +25,7 @@ HELP = {
 
 def register(sub: argparse._SubParsersAction) -> None:
     from search.export.bundle import PICKS
+    from search.export.onnx import PARITY_ATOL, PARITY_RTOL, flag_number
 
     p = sub.add_parser("export", help="export trials as ONNX + weights + model card, verified")
     where = p.add_argument_group("where the study is")
@@ -50,10 +51,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", action="append", metavar="DIR", help=HELP["data"])
     p.add_argument("--parity-images", type=int, default=16, metavar="N", help="images compared (default 16)")
     p.add_argument(
-        "--atol", type=float, default=1e-4, metavar="X", help="parity: absolute tolerance on logits (1e-4)"
+        "--atol",
+        type=float,
+        default=PARITY_ATOL,
+        metavar="X",
+        help=f"parity: absolute tolerance on logits ({flag_number(PARITY_ATOL)})",
     )
     p.add_argument(
-        "--rtol", type=float, default=1e-5, metavar="X", help="parity: tolerance per unit of logit (1e-5)"
+        "--rtol",
+        type=float,
+        default=PARITY_RTOL,
+        metavar="X",
+        help=f"parity: tolerance per unit of logit ({flag_number(PARITY_RTOL)})",
     )
     p.add_argument("--latency-repeats", type=int, default=20, metavar="N", help="timed runs (0: no latency)")
     p.add_argument("--latency-warmup", type=int, default=3, metavar="N", help="untimed runs before timing")

@@ -87,8 +87,8 @@ class Parity:
             # a difference this small against the logits is what float32 rounding gives
             text += (
                 f"; the logits reach {self.max_abs_logit:.3g}, where float32 rounding alone is about "
-                f"{self.max_abs_logit * 6e-8:.1g}: --rtol {_short(max(1e-5, 10 * self.rtol))} scales the "
-                "tolerance with them"
+                f"{self.max_abs_logit * 6e-8:.1g}: "
+                f"--rtol {flag_number(max(1e-5, 10 * self.rtol))} scales the tolerance with them"
             )
         return text
 
@@ -164,9 +164,11 @@ def export_onnx(
     onnx.save(proto, str(path))
 
 
-def _short(x: float) -> str:
-    """``1e-05`` as ``1e-5``: the way a user types the flag."""
-    return f"{x:g}".replace("e-0", "e-")
+def flag_number(x: float) -> str:
+    """A tolerance as a user types it on the command line: ``1e-05`` as ``1e-5``, 0.0001 as ``1e-4``."""
+    if 0 < x < 1e-3:
+        return np.format_float_scientific(x, trim="-", exp_digits=1)
+    return f"{x:g}"
 
 
 def check_parity(
